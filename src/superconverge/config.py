@@ -1,0 +1,169 @@
+"""Typed experiment configuration: a YAML file plus ``key.sub=value`` overrides.
+
+OmegaConf parses the file and the dotted overrides; pydantic validates the merged
+tree against the schema below, so every error names the offending key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from superconverge.errors import UserError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+DatasetName = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "digits", "fake"]
+
+
+class ConfigError(UserError):
+    """The configuration file or an override is invalid."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
+
+
+class DataConfig(Section):
+    name: DatasetName = "fashion_mnist"
+    root: Path = Path("data")
+    batch_size: PositiveInt = 128
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    split_seed: int = 0
+    limit_train: PositiveInt | None = None
+    drop_last: bool = False
+    augment: bool = True
+    crop_padding: Annotated[int, Field(ge=0)] | None = None
+    image_size: PositiveInt | None = None
+    normalize: Literal["dataset", "imagenet"] = "dataset"
+    fake_train_size: PositiveInt = 2000
+    fake_image_size: PositiveInt = 32
+
+
+class ModelConfig(Section):
+    name: str = "small_cnn"
+    pretrained: bool = False
+    weights_file: Path | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from superconverge.models import available_models
+
+        if name not in available_models():
+            raise ValueError(f"unknown model {name!r}; use 'small_cnn', 'resnet9' or any torchvision classification model")
+        return name
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    weight_decay: NonNegativeFloat = 0.01
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class ScheduleConfig(Section):
+    max_lr: PositiveFloat | Literal["auto"] = "auto"
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    div_factor: Annotated[float, Field(ge=1)] = 25.0
+    final_div_factor: Annotated[float, Field(ge=1)] = 1e4
+    anneal_strategy: Literal["cos", "linear"] = "cos"
+    cycle_momentum: bool = True
+    base_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.85
+    max_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.95
+
+
+class EarlyStoppingConfig(Section):
+    patience: PositiveInt | None = None
+    metric: Literal["val_acc", "val_loss"] = "val_acc"
+    min_delta: NonNegativeFloat = 0.0
+
+
+class TrainerConfig(Section):
+    epochs: PositiveInt = 5
+    grad_accum_steps: PositiveInt = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    grad_clip_norm: PositiveFloat | None = None
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    resume: str = "auto"
+    checkpoint_every_steps: PositiveInt | None = None
+    stop_after_epochs: PositiveInt | None = None
+    stop_after_steps: PositiveInt | None = None
+    cpu: bool | None = None
+    channels_last: bool = False
+    deterministic: bool = False
+
+    @field_validator("resume")
+    @classmethod
+    def _resume_value(cls, value: str) -> str:
+        if not value:
+            raise ValueError("use 'auto', 'none' or a checkpoint directory")
+        return value
+
+
+class Config(Section):
+    seed: int = 0
+    output_dir: Path = Path("runs/default")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+def _format_errors(error: ValidationError, source: str, override_keys: set[str]) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        origin = "command line" if key in override_keys else source
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        else:
+            message = item["msg"]
+            if "input" in item and not isinstance(item["input"], dict):
+                message += f" (got {item['input']!r})"
+        lines.append(f"{key}: {message} [{origin}]")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load, override and validate a config; raise ConfigError naming the key and file."""
+    overrides = overrides or []
+    source = str(path) if path else "defaults"
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys at the top level")
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(raw), OmegaConf.from_dotlist(overrides))
+        tree = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse overrides {overrides}: {exc}") from exc
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        keys = {item.split("=", 1)[0] for item in overrides}
+        raise ConfigError(_format_errors(exc, source, keys)) from None
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

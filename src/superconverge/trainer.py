@@ -1,0 +1,260 @@
+"""The training loop: prepared objects in, metrics, checkpoints and a summary out."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+
+from superconverge.checkpoint import STATE_FILE, CheckpointError, CheckpointStore, load_model_weights
+from superconverge.config import Config
+from superconverge.data import DataBundle
+from superconverge.metrics import EarlyStopping, SplitTotals
+from superconverge.schedule import build_one_cycle, build_optimizer, current_momentum, optimizer_steps_per_epoch
+
+
+@dataclass
+class TrainState:
+    """Everything beyond Accelerate's own state that a resumed run needs (stored as JSON)."""
+
+    max_lr: float
+    total_steps: int
+    epoch: int = 0  # epochs completed
+    batches_done: int = 0  # batches of the current epoch already consumed, per process
+    optimizer_steps: int = 0
+    train_totals: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    early_stopping: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    lr_trace: list[float] = field(default_factory=list)
+    momentum_trace: list[float] = field(default_factory=list)
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    train_images: float = 0.0
+    wall_seconds: float = 0.0
+    resumed: int = 0
+
+
+def make_loaders(cfg: Config, data: DataBundle, pin_memory: bool) -> tuple[DataLoader, DataLoader | None, DataLoader | None]:
+    common = dict(num_workers=cfg.data.num_workers, pin_memory=pin_memory, persistent_workers=cfg.data.num_workers > 0)
+    train = DataLoader(
+        data.train, batch_size=cfg.data.batch_size, shuffle=True, drop_last=cfg.data.drop_last, collate_fn=data.train_collate, **common
+    )
+
+    def evaluation(ds):
+        return DataLoader(ds, batch_size=cfg.data.batch_size, collate_fn=data.eval_collate, **common) if ds is not None else None
+
+    return train, evaluation(data.val), evaluation(data.test)
+
+
+class Trainer:
+    def __init__(
+        self, cfg: Config, accelerator: Accelerator, data: DataBundle, model: torch.nn.Module, max_lr: float, resume_from: Path | None
+    ) -> None:
+        self.cfg, self.accelerator, self.run_dir = cfg, accelerator, Path(cfg.output_dir)
+        self.store = CheckpointStore(self.run_dir / "checkpoints")
+        train, val, test = make_loaders(cfg, data, pin_memory=accelerator.device.type == "cuda")
+        if cfg.trainer.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(cfg.optimizer, model, lr=max_lr / cfg.schedule.div_factor)
+        self.model, self.optimizer, self.train_loader, self.val_loader, self.test_loader = accelerator.prepare(
+            model, optimizer, train, val, test
+        )
+        steps = cfg.trainer.epochs * optimizer_steps_per_epoch(len(self.train_loader), cfg.trainer.grad_accum_steps)
+        self.scheduler = accelerator.prepare(build_one_cycle(cfg.schedule, optimizer, max_lr, steps))
+        self.state = TrainState(max_lr=max_lr, total_steps=steps)
+        es = cfg.trainer.early_stopping
+        self.stopper = EarlyStopping(es.metric, es.patience, es.min_delta)
+        # A different augmentation stream on each rank; a resumed run gets its saved RNG back instead.
+        set_seed(cfg.seed, device_specific=True)
+        if resume_from is not None:
+            self._resume(resume_from)
+        self._wall_before = self.state.wall_seconds
+        self._started = time.perf_counter()
+        self._epoch_began = self._started
+
+    def _resume(self, path: Path) -> None:
+        saved = json.loads((path / STATE_FILE).read_text())
+        if saved["total_steps"] != self.state.total_steps:
+            raise CheckpointError(
+                f"checkpoint {path} belongs to a schedule of {saved['total_steps']} optimizer steps, but this config gives "
+                f"{self.state.total_steps} (epochs, batch size, processes or accumulation changed). Use a new output_dir."
+            )
+        self.accelerator.load_state(str(path))
+        self.state = TrainState(**saved)
+        self.state.resumed += 1
+        self.stopper = EarlyStopping(**saved["early_stopping"])
+
+    @property
+    def epochs(self) -> int:
+        return self.cfg.trainer.epochs
+
+    def fit(self) -> dict:
+        self._write_history()
+        finished = self.state.stopped_early or self.state.epoch >= self.epochs
+        while not finished:
+            if not self._train_epoch(self.state.epoch) or self._end_epoch():
+                return self._finish(completed=False)
+            finished = self.state.stopped_early or self.state.epoch >= self.epochs
+        return self._finish(completed=True)
+
+    def _train_epoch(self, epoch: int) -> bool:
+        """Run the rest of an epoch; return False if the run must stop here (checkpoint saved)."""
+        acc, state, trainer = self.accelerator, self.state, self.cfg.trainer
+        self.train_loader.set_epoch(epoch)
+        loader = acc.skip_first_batches(self.train_loader, state.batches_done) if state.batches_done else self.train_loader
+        totals = SplitTotals(acc.device, state.train_totals)
+        self.model.train()
+        began = self._epoch_began = time.perf_counter()
+        for images, labels in loader:
+            images = self._layout(images)
+            with acc.accumulate(self.model):
+                logits = self.model(images).float()
+                losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=self.cfg.optimizer.label_smoothing)
+                acc.backward(losses.mean())
+                if acc.sync_gradients and trainer.grad_clip_norm:
+                    acc.clip_grad_norm_(self.model.parameters(), trainer.grad_clip_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            totals.add(acc, losses, logits, labels)
+            state.batches_done += 1
+            if acc.sync_gradients:
+                self._after_optimizer_step()
+                if self._stop_requested():
+                    self._bank_train_time(began, totals)
+                    self._save(["last"])
+                    return False
+                if trainer.checkpoint_every_steps and state.optimizer_steps % trainer.checkpoint_every_steps == 0:
+                    self._bank_train_time(began, totals)
+                    self._save(["last"])
+                    began = time.perf_counter()
+        self._bank_train_time(began, totals)
+        return True
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.cfg.trainer.channels_last else images
+
+    def _after_optimizer_step(self) -> None:
+        # Recorded before stepping: the LR and momentum the optimizer step just used.
+        self.state.lr_trace.append(float(self.optimizer.param_groups[0]["lr"]))
+        self.state.momentum_trace.append(current_momentum(self.optimizer))
+        # Stepped on every optimizer step, skipped fp16 steps included, so the cycle's length is exact.
+        self.scheduler.step()
+        self.state.optimizer_steps += 1
+
+    def _stop_requested(self) -> bool:
+        limit = self.cfg.trainer.stop_after_steps
+        return limit is not None and self.state.optimizer_steps >= limit and self.state.optimizer_steps < self.state.total_steps
+
+    def _bank_train_time(self, began: float, totals: SplitTotals) -> None:
+        """Fold device totals into the resumable state (one small collective)."""
+        before = self.state.train_totals[2]
+        self.state.train_totals = totals.fold(self.accelerator)
+        self.state.train_images += self.state.train_totals[2] - before
+        self.state.train_seconds += time.perf_counter() - began
+
+    def evaluate(self, loader: DataLoader | None) -> tuple[float | None, float | None]:
+        if loader is None:
+            return None, None
+        totals = SplitTotals(self.accelerator.device)
+        self.model.eval()
+        with torch.no_grad():
+            for images, labels in loader:
+                logits = self.model(self._layout(images)).float()
+                totals.add(self.accelerator, F.cross_entropy(logits, labels, reduction="none"), logits, labels)
+        return SplitTotals.summarize(totals.fold(self.accelerator))
+
+    def _end_epoch(self) -> bool:
+        """Validate, checkpoint and log an epoch; return True if the run must stop here."""
+        state = self.state
+        train_loss, train_acc = SplitTotals.summarize(state.train_totals)
+        val_loss, val_acc = self.evaluate(self.val_loader)
+        record = {
+            "epoch": state.epoch + 1,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": state.lr_trace[-1] if state.lr_trace else None,
+            "optimizer_steps": state.optimizer_steps,
+        }
+        monitored = record[self.stopper.metric] if val_loss is not None else record["train_" + self.stopper.metric[4:]]
+        improved = self.stopper.update(monitored, state.epoch + 1)
+        state.epoch += 1
+        state.batches_done, state.train_totals = 0, [0.0, 0.0, 0.0]
+        state.stopped_early = self.stopper.should_stop and state.epoch < self.epochs
+        record.update(best=improved, seconds=round(time.perf_counter() - self._epoch_began, 3))
+        state.history.append(record)
+        self._save(["last", "best"] if improved else ["last"])
+        self._append_history(record)
+        self._log(record)
+        limit = self.cfg.trainer.stop_after_epochs
+        return limit is not None and state.epoch >= limit and state.epoch < self.epochs and not state.stopped_early
+
+    def _save(self, links: list[str]) -> None:
+        state = self.state
+        state.early_stopping = self.stopper.state_dict()
+        state.wall_seconds = self._wall_before + time.perf_counter() - self._started
+        self.store.save(self.accelerator, asdict(state), links)
+
+    def _write_history(self) -> None:
+        if self.accelerator.is_main_process:
+            lines = "".join(json.dumps(r) + "\n" for r in self.state.history)
+            (self.run_dir / "metrics.jsonl").write_text(lines)
+
+    def _append_history(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.run_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def _log(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            fields = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+            print(f"[superconverge] {fields}", flush=True)
+
+    def _test(self) -> float | None:
+        best = self.store.link("best") or self.store.link("last")
+        if self.test_loader is None or best is None:
+            return None
+        load_model_weights(self.accelerator.unwrap_model(self.model), best)
+        return self.evaluate(self.test_loader)[1]
+
+    def _finish(self, completed: bool) -> dict:
+        state = self.state
+        test_acc = self._test() if completed else None
+        state.wall_seconds = self._wall_before + time.perf_counter() - self._started
+        val_accs = [r["val_acc"] for r in state.history if r["val_acc"] is not None]
+        summary = {
+            "completed": completed,
+            "world_size": self.accelerator.num_processes,
+            "global_batch_size": self.cfg.data.batch_size * self.accelerator.num_processes * self.cfg.trainer.grad_accum_steps,
+            "max_lr": state.max_lr,
+            "optimizer_steps": state.optimizer_steps,
+            "total_optimizer_steps": state.total_steps,
+            "final_lr": state.lr_trace[-1] if state.lr_trace else None,
+            "epochs_completed": state.epoch,
+            "best_epoch": self.stopper.best_epoch,
+            "best_val_acc": max(val_accs) if val_accs else None,
+            "test_acc": test_acc,
+            "stopped_early": state.stopped_early,
+            "resumed": state.resumed > 0,
+            "times_resumed": state.resumed,
+            "mixed_precision": self.accelerator.mixed_precision,
+            "device": self.accelerator.device.type,
+            "wall_seconds": round(state.wall_seconds, 3),
+            "train_images_per_second": state.train_images / state.train_seconds if state.train_seconds else None,
+        }
+        if self.accelerator.is_main_process:
+            trace = {"total_steps": state.total_steps, "lr": state.lr_trace, "momentum": state.momentum_trace}
+            (self.run_dir / "lr_trace.json").write_text(json.dumps(trace))
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            if completed and test_acc is not None:
+                print(f"[superconverge] test_acc={test_acc:.4f} best_val_acc={summary['best_val_acc']} run_dir={self.run_dir}", flush=True)
+        self.accelerator.wait_for_everyone()
+        return summary
