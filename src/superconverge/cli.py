@@ -68,16 +68,19 @@ def prepare_inputs(argv: list[str] | None):
     return cfg, data, model, max_lr, resume_from
 
 
+def open_run_dir(cfg: Config, accelerator: Accelerator) -> None:
+    if accelerator.is_main_process:
+        run_dir = Path(cfg.output_dir)
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, data, model, max_lr, resume_from = prepare_inputs(argv)
         accelerator = make_accelerator(cfg)
-        run_dir = Path(cfg.output_dir)
-        if accelerator.is_main_process:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "checkpoints").mkdir(exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
-        accelerator.wait_for_everyone()
+        open_run_dir(cfg, accelerator)
         Trainer(cfg, accelerator, data, model, max_lr, resume_from).fit()
         accelerator.end_training()
     except UserError as exc:

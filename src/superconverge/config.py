@@ -96,8 +96,8 @@ class TrainerConfig(Section):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     resume: str = "auto"
     checkpoint_every_steps: PositiveInt | None = None
-    stop_after_epochs: PositiveInt | None = None
-    stop_after_steps: PositiveInt | None = None
+    stop_after_epochs: PositiveInt | None = None  # end this invocation (checkpointed) after N epochs
+    stop_after_steps: PositiveInt | None = None  # ... or after N optimizer steps; a rerun resumes
     cpu: bool | None = None
     channels_last: bool = False
     deterministic: bool = False

@@ -38,8 +38,9 @@ class DataBundle:
     num_classes: int
     in_channels: int
     image_size: int
-    train_collate: BatchTransform | None = None
-    eval_collate: BatchTransform | None = None
+    # Set for in-memory data sets, whose loaders yield uint8 batches: the trainer applies these.
+    train_transform: BatchTransform | None = None
+    eval_transform: BatchTransform | None = None
 
 
 @dataclass
@@ -66,36 +67,41 @@ class TensorImageDataset(Dataset):
 
 
 class BatchTransform:
-    """A collate function that augments and normalises a whole uint8 batch at once.
+    """Augment and normalise a whole uint8 batch at once, on whatever device it is on.
 
-    torchvision's transforms work per image (about 0.3 ms each for 28x28 on a CPU core, as much
-    as the small CNN's training step); on a stacked batch the same crop/flip costs a few
-    microseconds an image.
+    torchvision's transforms work per image (about 0.3 ms each for 28x28 on a CPU core, as much as
+    the small CNN's training step); on a stacked batch the same crop and flip cost microseconds an
+    image, and on a GPU they run there. Randomness comes from the generator the caller passes, so
+    the trainer can make it a pure function of (seed, epoch, batch) and resume mid-epoch exactly.
     """
 
     def __init__(self, mean, std, size: int, crop_padding: int = 0, flip: bool = False) -> None:
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
         self.size, self.crop_padding, self.flip = size, crop_padding, flip
 
-    def __call__(self, samples):
-        images = torch.stack([image for image, _ in samples])
-        labels = torch.tensor([label for _, label in samples], dtype=torch.long)
-        x = images.float().div_(255)
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        if self.crop_padding:
-            x = self._random_crop(x)
-        if self.flip:
-            flipped = torch.rand(x.shape[0]) < 0.5
-            x[flipped] = x[flipped].flip(-1)
-        return (x - self.mean) / self.std, labels
+    @property
+    def augments(self) -> bool:
+        return bool(self.crop_padding or self.flip)
 
-    def _random_crop(self, x: torch.Tensor) -> torch.Tensor:
-        p, size = self.crop_padding, self.size
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = images.float().div_(255)
+        if x.shape[-2:] != (self.size, self.size):
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
+        if self.crop_padding:
+            x = self._random_crop(x, generator)
+        if self.flip:
+            flipped = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+            x = torch.where(flipped.view(-1, 1, 1, 1), x.flip(-1), x)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def _random_crop(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        p, size, n = self.crop_padding, self.size, x.shape[0]
         padded = torch.nn.functional.pad(x, (p, p, p, p), mode="reflect")
-        offsets = torch.randint(0, 2 * p + 1, (x.shape[0], 2)).tolist()
-        return torch.stack([padded[i, :, dy : dy + size, dx : dx + size] for i, (dy, dx) in enumerate(offsets)])
+        dy, dx = torch.randint(0, 2 * p + 1, (2, n, 1), generator=generator, device=x.device)
+        span = torch.arange(size, device=x.device)
+        rows, cols = (span + dy)[:, :, None], (span + dx)[:, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
 class TransformedSubset(Dataset):
@@ -217,9 +223,8 @@ def _transforms(cfg: DataConfig, size: int, mean, std, flip_ok: bool, from_pil: 
     augment = []
     if cfg.augment and _crop_padding(cfg, size):
         augment.append(v2.RandomCrop(size, padding=_crop_padding(cfg, size), padding_mode="reflect"))
-    if cfg.augment:
-        if flip_ok:
-            augment.append(v2.RandomHorizontalFlip())
+    if cfg.augment and flip_ok:
+        augment.append(v2.RandomHorizontalFlip())
     return v2.Compose(head + augment + tail), v2.Compose(head + tail)
 
 
@@ -248,8 +253,8 @@ def _tensor_bundle(cfg: DataConfig, seed: int) -> DataBundle:
         num_classes=num_classes,
         in_channels=channels,
         image_size=size,
-        train_collate=BatchTransform(mean, std, size, **augment),
-        eval_collate=BatchTransform(mean, std, size),
+        train_transform=BatchTransform(mean, std, size, **augment),
+        eval_transform=BatchTransform(mean, std, size),
     )
 
 
@@ -297,10 +302,7 @@ def _pil_bundle(cfg: DataConfig, seed: int) -> DataBundle:
 
 def build_data(cfg: DataConfig) -> DataBundle:
     """Resolve the configured data set offline-first; raise DataError with a fix if it is missing."""
-    if cfg.name in ("imagefolder", "fake"):
-        bundle = _pil_bundle(cfg, cfg.split_seed)
-    else:
-        bundle = _tensor_bundle(cfg, cfg.split_seed)
+    bundle = _pil_bundle(cfg, cfg.split_seed) if cfg.name in ("imagefolder", "fake") else _tensor_bundle(cfg, cfg.split_seed)
     if len(bundle.train) == 0:
         raise DataError(f"data set '{cfg.name}' has no training images after the validation split")
     return bundle

@@ -15,19 +15,28 @@ class SplitTotals:
     that batch alone goes through ``gather_for_metrics``; the rest is summed locally and reduced once.
     """
 
-    def __init__(self, device: torch.device, already_global: list[float] | None = None) -> None:
+    def __init__(self, device: torch.device, already_global: list[float] | None = None, remainder: int | None = None) -> None:
         self.local = torch.zeros(3, dtype=torch.float64, device=device)
         self.shared = torch.tensor(already_global or [0.0, 0.0, 0.0], dtype=torch.float64, device=device)
+        # Accelerate's loader from skip_first_batches (mid-epoch resume) does not know its remainder,
+        # so gather_for_metrics would keep the padding; the training split passes it explicitly.
+        self.remainder = remainder
 
     def add(self, accelerator: Accelerator, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         per_sample = torch.stack([losses.detach().double(), (logits.detach().argmax(1) == labels).double()], 1)
         if accelerator.gradient_state.end_of_dataloader:
-            per_sample = accelerator.gather_for_metrics(per_sample)
+            per_sample = self._gather_last_batch(accelerator, per_sample)
             target = self.shared
         else:
             target = self.local
         target[:2] += per_sample.sum(0)
         target[2] += per_sample.shape[0]
+
+    def _gather_last_batch(self, accelerator: Accelerator, per_sample: torch.Tensor) -> torch.Tensor:
+        if self.remainder is None:
+            return accelerator.gather_for_metrics(per_sample)
+        gathered = accelerator.gather(per_sample)
+        return gathered[: self.remainder] if self.remainder else gathered
 
     def fold(self, accelerator: Accelerator) -> list[float]:
         """Reduce the local part into the shared part (a collective); return the global totals."""

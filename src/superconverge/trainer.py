@@ -43,12 +43,10 @@ class TrainState:
 
 def make_loaders(cfg: Config, data: DataBundle, pin_memory: bool) -> tuple[DataLoader, DataLoader | None, DataLoader | None]:
     common = dict(num_workers=cfg.data.num_workers, pin_memory=pin_memory, persistent_workers=cfg.data.num_workers > 0)
-    train = DataLoader(
-        data.train, batch_size=cfg.data.batch_size, shuffle=True, drop_last=cfg.data.drop_last, collate_fn=data.train_collate, **common
-    )
+    train = DataLoader(data.train, batch_size=cfg.data.batch_size, shuffle=True, drop_last=cfg.data.drop_last, **common)
 
     def evaluation(ds):
-        return DataLoader(ds, batch_size=cfg.data.batch_size, collate_fn=data.eval_collate, **common) if ds is not None else None
+        return DataLoader(ds, batch_size=cfg.data.batch_size, **common) if ds is not None else None
 
     return train, evaluation(data.val), evaluation(data.test)
 
@@ -58,6 +56,8 @@ class Trainer:
         self, cfg: Config, accelerator: Accelerator, data: DataBundle, model: torch.nn.Module, max_lr: float, resume_from: Path | None
     ) -> None:
         self.cfg, self.accelerator, self.run_dir = cfg, accelerator, Path(cfg.output_dir)
+        self.train_transform, self.eval_transform = data.train_transform, data.eval_transform
+        self.augment_generator = torch.Generator(accelerator.device)
         self.store = CheckpointStore(self.run_dir / "checkpoints")
         train, val, test = make_loaders(cfg, data, pin_memory=accelerator.device.type == "cuda")
         if cfg.trainer.channels_last:
@@ -76,6 +76,7 @@ class Trainer:
         if resume_from is not None:
             self._resume(resume_from)
         self._wall_before = self.state.wall_seconds
+        self._steps_at_start, self._epochs_at_start = self.state.optimizer_steps, self.state.epoch
         self._started = time.perf_counter()
         self._epoch_began = self._started
 
@@ -108,12 +109,15 @@ class Trainer:
         """Run the rest of an epoch; return False if the run must stop here (checkpoint saved)."""
         acc, state, trainer = self.accelerator, self.state, self.cfg.trainer
         self.train_loader.set_epoch(epoch)
-        loader = acc.skip_first_batches(self.train_loader, state.batches_done) if state.batches_done else self.train_loader
-        totals = SplitTotals(acc.device, state.train_totals)
+        loader = self.train_loader
+        if state.batches_done:
+            loader = acc.skip_first_batches(self.train_loader, state.batches_done)
+            loader.set_epoch(epoch)  # the skipping loader would otherwise reshuffle as epoch 0
+        totals = SplitTotals(acc.device, state.train_totals, remainder=self._train_remainder())
         self.model.train()
         began = self._epoch_began = time.perf_counter()
         for images, labels in loader:
-            images = self._layout(images)
+            images = self._layout(self._augment(images, epoch, state.batches_done))
             with acc.accumulate(self.model):
                 logits = self.model(images).float()
                 losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=self.cfg.optimizer.label_smoothing)
@@ -137,6 +141,25 @@ class Trainer:
         self._bank_train_time(began, totals)
         return True
 
+    def _train_remainder(self) -> int:
+        """Real samples in the last global batch; 0 when it is full or drop_last removed it."""
+        if self.cfg.data.drop_last:
+            return 0
+        global_batch = self.cfg.data.batch_size * self.accelerator.num_processes
+        return len(self.train_loader.dataset) % global_batch
+
+    def _augment(self, images: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        if self.train_transform is None:
+            return images
+        # Augmentation randomness is a pure function of (seed, rank, epoch, batch): a run resumed
+        # mid-epoch draws exactly what the uninterrupted run drew, whatever the loader prefetched.
+        key = (self.cfg.seed, self.accelerator.process_index, epoch, batch)
+        self.augment_generator.manual_seed(hash(key) & 0x7FFF_FFFF_FFFF_FFFF)
+        return self.train_transform(images, self.augment_generator)
+
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return self.eval_transform(images) if self.eval_transform is not None else images
+
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.cfg.trainer.channels_last else images
 
@@ -150,7 +173,8 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         limit = self.cfg.trainer.stop_after_steps
-        return limit is not None and self.state.optimizer_steps >= limit and self.state.optimizer_steps < self.state.total_steps
+        done = self.state.optimizer_steps
+        return limit is not None and done - self._steps_at_start >= limit and done < self.state.total_steps
 
     def _bank_train_time(self, began: float, totals: SplitTotals) -> None:
         """Fold device totals into the resumable state (one small collective)."""
@@ -159,28 +183,32 @@ class Trainer:
         self.state.train_images += self.state.train_totals[2] - before
         self.state.train_seconds += time.perf_counter() - began
 
-    def evaluate(self, loader: DataLoader | None) -> tuple[float | None, float | None]:
+    def evaluate(self, loader: DataLoader | None) -> tuple[float | None, float | None, int]:
+        """Loss, accuracy and sample count over the whole split, across all ranks."""
         if loader is None:
-            return None, None
+            return None, None, 0
         totals = SplitTotals(self.accelerator.device)
         self.model.eval()
         with torch.no_grad():
             for images, labels in loader:
-                logits = self.model(self._layout(images)).float()
+                logits = self.model(self._layout(self._normalize(images))).float()
                 totals.add(self.accelerator, F.cross_entropy(logits, labels, reduction="none"), logits, labels)
-        return SplitTotals.summarize(totals.fold(self.accelerator))
+        result = totals.fold(self.accelerator)
+        return (*SplitTotals.summarize(result), int(result[2]))
 
     def _end_epoch(self) -> bool:
         """Validate, checkpoint and log an epoch; return True if the run must stop here."""
         state = self.state
         train_loss, train_acc = SplitTotals.summarize(state.train_totals)
-        val_loss, val_acc = self.evaluate(self.val_loader)
+        val_loss, val_acc, val_count = self.evaluate(self.val_loader)
         record = {
             "epoch": state.epoch + 1,
             "train_loss": train_loss,
             "train_acc": train_acc,
             "val_loss": val_loss,
             "val_acc": val_acc,
+            "train_samples": int(state.train_totals[2]),
+            "val_samples": val_count,
             "lr": state.lr_trace[-1] if state.lr_trace else None,
             "optimizer_steps": state.optimizer_steps,
         }
@@ -195,7 +223,7 @@ class Trainer:
         self._append_history(record)
         self._log(record)
         limit = self.cfg.trainer.stop_after_epochs
-        return limit is not None and state.epoch >= limit and state.epoch < self.epochs and not state.stopped_early
+        return limit is not None and state.epoch - self._epochs_at_start >= limit and state.epoch < self.epochs and not state.stopped_early
 
     def _save(self, links: list[str]) -> None:
         state = self.state

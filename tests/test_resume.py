@@ -1,0 +1,59 @@
+"""Interrupted-and-resumed runs end exactly where uninterrupted runs end; checkpoints survive kills."""
+
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import ROOT, history, launch_command, lr_trace, run, summary
+from safetensors.torch import load_file
+
+from superconverge.checkpoint import CheckpointStore, validate_checkpoint
+
+
+def final_weights(run_dir):
+    return load_file(str(CheckpointStore(run_dir / "checkpoints").link("last") / "model.safetensors"))
+
+
+def assert_same_run(a, b):
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert (wa[key] == wb[key]).all(), key
+    assert lr_trace(a) == lr_trace(b)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(history(a)) == strip(history(b))
+    sa, sb = summary(a), summary(b)
+    for key in ("optimizer_steps", "final_lr", "test_acc", "best_val_acc", "epochs_completed"):
+        assert sa[key] == sb[key], key
+
+
+@pytest.mark.parametrize(("world", "stop"), [(1, "trainer.stop_after_epochs=1"), (2, "trainer.stop_after_steps=7")])
+def test_resumed_run_equals_uninterrupted_run(digits_args, tmp_path, world, stop):
+    plain, interrupted = tmp_path / "plain", tmp_path / "interrupted"
+    run(digits_args("data.augment=true", run_dir=plain), nproc=world)
+    run(digits_args("data.augment=true", stop, run_dir=interrupted), nproc=world)
+    first = summary(interrupted)
+    assert not first["completed"] and first["test_acc"] is None
+    run(digits_args("data.augment=true", run_dir=interrupted), nproc=world)
+    resumed = summary(interrupted)
+    assert resumed["completed"] and resumed["resumed"] and resumed["times_resumed"] == 1
+    assert_same_run(plain, interrupted)
+
+
+def test_kill_during_checkpointing_never_loses_the_checkpoint(digits_args, tmp_path):
+    run_dir = tmp_path / "run"
+    args = digits_args("trainer.checkpoint_every_steps=1", "trainer.epochs=3", run_dir=run_dir)
+    for delay in (9.0, 10.5):
+        proc = subprocess.Popen(launch_command(1) + args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        last = CheckpointStore(run_dir / "checkpoints").link("last")
+        if last is not None:
+            validate_checkpoint(last)
+    assert CheckpointStore(run_dir / "checkpoints").link("last") is not None, "no checkpoint was ever written"
+    run(args)
+    info = summary(run_dir)
+    assert info["completed"] and info["resumed"] and info["optimizer_steps"] == info["total_optimizer_steps"]
+    assert [r["epoch"] for r in history(run_dir)] == [1, 2, 3]
