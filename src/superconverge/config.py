@@ -120,18 +120,32 @@ class Config(Section):
     trainer: TrainerConfig = TrainerConfig()
 
 
+def _key_of(loc: tuple) -> str:
+    """The dotted config key of an error location, without pydantic's union-member tags."""
+    model, parts = Config, []
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            break
+        parts.append(str(part))
+        if part not in fields:
+            break
+        model = fields[part].annotation
+    return ".".join(parts)
+
+
 def _format_errors(error: ValidationError, source: str, override_keys: set[str]) -> str:
-    lines = []
+    messages: dict[str, list[str]] = {}
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
-        origin = "command line" if key in override_keys else source
+        key = _key_of(item["loc"])
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         else:
             message = item["msg"]
             if "input" in item and not isinstance(item["input"], dict):
                 message += f" (got {item['input']!r})"
-        lines.append(f"{key}: {message} [{origin}]")
+        messages.setdefault(key, []).append(message)
+    lines = [f"{key}: {' or '.join(found)} [{'command line' if key in override_keys else source}]" for key, found in messages.items()]
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

@@ -1,0 +1,41 @@
+# `make train` and `make test` do all their own set-up on a fresh machine.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+CONFIG ?= configs/fashion_mnist.yaml
+ARGS ?=
+PYTEST_ARGS ?=
+# 2 CPU processes without CUDA; all GPUs of the machine with it (evaluated after set-up).
+LAUNCH = $(shell $(PY) -c "import torch; n = torch.cuda.device_count(); print('--config_file launch/cpu.yaml' if n == 0 else f'--config_file launch/multi_gpu.yaml --num_processes {n}' if n > 1 else '--config_file launch/single_gpu.yaml')")
+
+.PHONY: setup data train test lint clean
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST offline: Debian's dataset-fashion-mnist package, where apt is there and we are root.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ] || [ -d data/FashionMNIST/raw ]; then \
+		echo "Fashion-MNIST: found"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist) >/dev/null; \
+	else \
+		echo "Fashion-MNIST: run 'sudo apt-get install dataset-fashion-mnist' or put the idx files under data/FashionMNIST/raw"; \
+	fi
+
+train: setup
+	$(VENV)/bin/accelerate launch $(LAUNCH) train.py --config $(CONFIG) $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests train.py benchmarks
+	$(VENV)/bin/ruff format --check src tests train.py benchmarks
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,70 @@
+"""Bad input fails fast on every rank with a message that names the key or file, and no hang."""
+
+import time
+
+import pytest
+from conftest import DIGITS, run
+
+
+def expect_failure(args, *needles, nproc=2):
+    started = time.monotonic()
+    proc = run(args, nproc=nproc, check=False, timeout=120)
+    assert proc.returncode != 0
+    assert time.monotonic() - started < 100, "must fail fast, not wait for a collective timeout"
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr[-3000:]
+    if nproc == 2:  # both ranks report the error themselves
+        assert "[rank 1] superconverge: error:" in proc.stderr, proc.stderr[-3000:]
+    # accelerate launch prints its own traceback for a failed child; ours must not appear.
+    assert "superconverge/" not in proc.stderr and "train.py\", line" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+CASES = {
+    "unknown_key": (["trainer.epohcs=3"], ["trainer.epohcs: unknown key"]),
+    "unknown_dataset": (["data.name=imagenet22k"], ["data.name"]),
+    "unknown_model": (["model.name=resnet9000"], ["model.name", "resnet9000"]),
+    "batch_size": (["data.batch_size=0"], ["data.batch_size", "greater than 0"]),
+    "negative_lr": (["schedule.max_lr=-0.1"], ["schedule.max_lr"]),
+    "epochs": (["trainer.epochs=0"], ["trainer.epochs"]),
+    "pct_start": (["schedule.pct_start=1.5"], ["schedule.pct_start"]),
+    "wrong_type": (["trainer.grad_accum_steps=many"], ["trainer.grad_accum_steps"]),
+    "auto_lr_not_yet": (["schedule.max_lr=auto"], ["schedule.max_lr", "not available yet"]),
+    "missing_cifar": (["data.name=cifar10", "data.root=/nonexistent/data"], ["cifar10", "not found"]),
+    "missing_imagefolder": (["data.name=imagefolder", "data.root=/nonexistent/photos"], ["/nonexistent/photos"]),
+    "bad_override": (["trainer.epochs"], ["key.sub=value"]),
+    "missing_weights": (["model.weights_file=/nonexistent/w.pt"], ["model.weights_file", "/nonexistent/w.pt"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_two_processes(tmp_path, case):
+    overrides, needles = CASES[case]
+    expect_failure(DIGITS + [f"output_dir={tmp_path}/run", *overrides], *needles)
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    config = tmp_path / "typo.yaml"
+    config.write_text("data:\n  name: digits\n  batch_sise: 32\n")
+    expect_failure(["--config", str(config), f"output_dir={tmp_path}/run"], "data.batch_sise: unknown key", str(config), nproc=1)
+
+
+def test_empty_class_folder(tmp_path):
+    from PIL import Image
+
+    for name in ("cobra", "viper"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "cobra" / "a.png")
+    expect_failure(DIGITS + ["data.name=imagefolder", f"data.root={tmp_path}/photos", f"output_dir={tmp_path}/run"], "viper", "no images")
+
+
+def test_corrupt_checkpoint_on_resume(digits_args, tmp_path):
+    run(digits_args("trainer.epochs=1"))
+    last = tmp_path / "run" / "checkpoints" / "last"
+    (last / "optimizer.bin").write_bytes(b"\x00garbage")
+    expect_failure(digits_args("trainer.epochs=1"), "corrupt", "trainer.resume=none")
+
+
+def test_changed_schedule_on_resume_is_refused(digits_args, tmp_path):
+    run(digits_args("trainer.epochs=1", "trainer.stop_after_steps=3"))
+    expect_failure(digits_args("trainer.epochs=3"), "optimizer steps", "output_dir", nproc=1)

@@ -1,0 +1,69 @@
+"""Typed config: defaults, overrides, and errors that name the key and the file."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from superconverge.config import Config, ConfigError, load_config, save_config
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    assert isinstance(load_config(path), Config)
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(ROOT / "configs" / "digits.yaml", ["trainer.epochs=3", "data.limit_train=100", "schedule.max_lr=0.5",
+                                                         "trainer.early_stopping.patience=2", "trainer.mixed_precision=bf16"])  # fmt: skip
+    assert cfg.trainer.epochs == 3 and cfg.data.limit_train == 100 and cfg.schedule.max_lr == 0.5
+    assert cfg.trainer.early_stopping.patience == 2 and cfg.trainer.mixed_precision == "bf16"
+    assert load_config(ROOT / "configs" / "digits.yaml", ["data.limit_train=null"]).data.limit_train is None
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", ["trainer.epochs=2"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["trainer"]["epochs"] == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("data.batch_size=-1", "data.batch_size"), ("schedule.pct_start=0", "schedule.pct_start"),
+     ("schedule.pct_start=1", "schedule.pct_start"), ("trainer.epochs=0", "trainer.epochs"),
+     ("schedule.max_lr=0", "schedule.max_lr"), ("data.val_fraction=1.0", "data.val_fraction"),
+     ("optimizer.name=lion", "optimizer.name"), ("trainer.mixed_precision=fp8", "trainer.mixed_precision"),
+     ("nonsense=1", "nonsense")],
+)  # fmt: skip
+def test_errors_name_the_key_and_the_source(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "configs" / "digits.yaml", [override])
+    assert f"{key}:" in str(info.value) and "[command line]" in str(info.value)
+
+
+def test_error_in_file_names_the_file(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("trainer:\n  epochs: -2\n")
+    with pytest.raises(ConfigError, match=r"trainer\.epochs: .*\[.*exp\.yaml\]"):
+        load_config(path)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+    (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_blog_reproduction_config_turns_early_stopping_on():
+    cfg = load_config(ROOT / "configs" / "cifar10_mobilenetv2.yaml")
+    assert cfg.data.name == "cifar10" and cfg.model.name == "mobilenet_v2" and cfg.model.pretrained
+    assert cfg.trainer.early_stopping.patience == 5 and cfg.trainer.epochs == 50 and cfg.data.image_size == 224
+    assert load_config(ROOT / "configs" / "fashion_mnist.yaml").trainer.early_stopping.patience is None
+
+
+def test_default_config_is_the_fashion_mnist_job():
+    assert Path(ROOT / "configs" / "fashion_mnist.yaml").is_file()

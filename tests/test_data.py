@@ -1,0 +1,84 @@
+"""Data sets resolve offline; augmentation touches the training split only; splits are seeded."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from superconverge.config import DataConfig
+from superconverge.data import FASHION_MNIST_SYSTEM_DIR, DataError, build_data
+
+
+def test_digits_split_is_seeded_disjoint_and_complete():
+    a, b = build_data(DataConfig(name="digits", val_fraction=0.2)), build_data(DataConfig(name="digits", val_fraction=0.2))
+    assert torch.equal(a.train.indices, b.train.indices) and torch.equal(a.val.indices, b.val.indices)
+    assert set(a.train.indices.tolist()).isdisjoint(a.val.indices.tolist())
+    assert len(a.train) + len(a.val) == len(a.train.raw.labels) and len(a.test) == 1797 // 5
+    assert a.num_classes == 10 and a.in_channels == 1 and a.image_size == 8
+    other = build_data(DataConfig(name="digits", val_fraction=0.2, split_seed=1))
+    assert not torch.equal(a.val.indices, other.val.indices)
+
+
+def test_limit_train_uses_the_first_images():
+    bundle = build_data(DataConfig(name="digits", limit_train=300, val_fraction=0.1))
+    assert len(bundle.train) + len(bundle.val) == 300
+
+
+def test_augmentation_only_on_training_batches():
+    bundle = build_data(DataConfig(name="fashion_mnist" if FASHION_MNIST_SYSTEM_DIR.is_dir() else "digits", limit_train=256,
+                                   crop_padding=2))  # fmt: skip
+    batch = torch.stack([bundle.train[i][0] for i in range(64)])
+    g = torch.Generator()
+    augmented = [bundle.train_transform(batch, g.manual_seed(s)) for s in (1, 2, 1)]
+    assert not torch.equal(augmented[0], augmented[1]) and torch.equal(augmented[0], augmented[2])
+    evaluated = bundle.eval_transform(batch), bundle.eval_transform(batch)
+    assert torch.equal(*evaluated)
+    assert evaluated[0].mean().abs() < 0.5 and 0.5 < evaluated[0].std() < 2  # normalised with the split's statistics
+    assert augmented[0].shape == evaluated[0].shape == batch.shape
+
+
+def test_fashion_mnist_comes_from_the_debian_package(tmp_path):
+    if not FASHION_MNIST_SYSTEM_DIR.is_dir():
+        assert not os.environ.get("CI"), "CI installs dataset-fashion-mnist; it must be there"
+        pytest.skip("dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    bundle = build_data(DataConfig(name="fashion_mnist", root=tmp_path))
+    assert len(bundle.train) + len(bundle.val) == 60000 and len(bundle.test) == 10000
+    assert bundle.num_classes == 10 and bundle.image_size == 28
+    assert sorted(p.name for p in (tmp_path / "FashionMNIST" / "raw").iterdir())[0] == "t10k-images-idx3-ubyte"
+
+
+def test_missing_data_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataError, match="mnist.*not found"):
+        build_data(DataConfig(name="mnist", root=tmp_path))
+
+
+def make_folder(root: Path, classes: dict[str, int], size=(12, 10)) -> None:
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", size, color=(i * 20, 0, 0)).save(root / name / f"{i}.png")
+
+
+def test_imagefolder_split_by_fraction(tmp_path):
+    make_folder(tmp_path, {"cobra": 6, "python": 4, "viper": 5})
+    bundle = build_data(DataConfig(name="imagefolder", root=tmp_path, val_fraction=0.2, image_size=16))
+    assert bundle.num_classes == 3 and len(bundle.train) + len(bundle.val) == 15 and bundle.test is None
+    image, label = bundle.train[0]
+    assert image.shape == (3, 16, 16) and image.dtype == torch.float32 and 0 <= label < 3
+
+
+def test_imagefolder_with_its_own_val_and_test(tmp_path):
+    make_folder(tmp_path / "train", {"cobra": 3, "viper": 3})
+    make_folder(tmp_path / "val", {"cobra": 1, "viper": 2})
+    make_folder(tmp_path / "test", {"cobra": 2, "viper": 2})
+    bundle = build_data(DataConfig(name="imagefolder", root=tmp_path, image_size=16))
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (6, 3, 4)
+    assert torch.equal(bundle.val[0][0], bundle.val[0][0])  # evaluation transform is deterministic
+
+
+def test_fake_data():
+    bundle = build_data(DataConfig(name="fake", fake_train_size=50, fake_image_size=16, val_fraction=0.2))
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (40, 10, 10)
+    assert bundle.train[0][0].shape == (3, 16, 16)

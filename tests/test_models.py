@@ -1,0 +1,59 @@
+"""Models by name, heads sized to the data, grayscale into RGB models, weights loaded safely."""
+
+import pickle
+
+import pytest
+import torch
+import torchvision
+
+from superconverge.config import ModelConfig
+from superconverge.models import ModelError, build_model
+
+
+@pytest.mark.parametrize(("name", "channels", "size"), [("small_cnn", 1, 28), ("small_cnn", 1, 8), ("resnet9", 3, 32), ("resnet18", 1, 28)])
+def test_models_take_the_data_shape(name, channels, size):
+    model = build_model(ModelConfig(name=name), num_classes=7, in_channels=channels)
+    assert model(torch.randn(2, channels, size, size)).shape == (2, 7)
+
+
+def test_unknown_model_is_a_config_error():
+    with pytest.raises(ValueError, match="unknown model"):
+        ModelConfig(name="resnet9000")
+
+
+def test_local_imagenet_weights_file_loads_with_a_new_head(tmp_path):
+    reference = torchvision.models.get_model("resnet18", weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pt")
+    model = build_model(ModelConfig(name="resnet18", weights_file=tmp_path / "resnet18.pt"), num_classes=5, in_channels=3)
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+    assert model.fc.out_features == 5
+
+
+def test_pretrained_reads_torchvisions_local_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(ModelError, match="not in the local cache"):
+        build_model(ModelConfig(name="mobilenet_v2", pretrained=True), num_classes=10, in_channels=3)
+    weights = torchvision.models.get_model_weights("mobilenet_v2").DEFAULT
+    reference = torchvision.models.get_model("mobilenet_v2", weights=None)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[1])
+    model = build_model(ModelConfig(name="mobilenet_v2", pretrained=True), num_classes=10, in_channels=3)
+    assert torch.equal(model.features[0][0].weight, reference.features[0][0].weight)
+    assert model.classifier[-1].out_features == 10
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("unpickled code ran",))
+
+
+def test_weights_files_are_loaded_weights_only(tmp_path):
+    with open(tmp_path / "evil.pt", "wb") as handle:
+        pickle.dump({"conv1.weight": Payload()}, handle)
+    with pytest.raises(ModelError, match="weights-only"):
+        build_model(ModelConfig(name="resnet18", weights_file=tmp_path / "evil.pt"), num_classes=5, in_channels=3)
+
+
+def test_builtin_models_have_no_published_weights():
+    with pytest.raises(ModelError, match="weights_file"):
+        build_model(ModelConfig(name="resnet9", pretrained=True), num_classes=10, in_channels=3)
