@@ -16,7 +16,7 @@ def expect_failure(args, *needles, nproc=2):
     if nproc == 2:  # both ranks report the error themselves
         assert "[rank 1] superconverge: error:" in proc.stderr, proc.stderr[-3000:]
     # accelerate launch prints its own traceback for a failed child; ours must not appear.
-    assert "superconverge/" not in proc.stderr and "train.py\", line" not in proc.stderr, proc.stderr[-3000:]
+    assert "superconverge/" not in proc.stderr and 'train.py", line' not in proc.stderr, proc.stderr[-3000:]
     return proc
 
 
