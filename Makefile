@@ -34,8 +34,8 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests train.py benchmarks
-	$(VENV)/bin/ruff format --check src tests train.py benchmarks
+	$(VENV)/bin/ruff check src tests train.py lr_find.py benchmarks
+	$(VENV)/bin/ruff format --check src tests train.py lr_find.py benchmarks
 
 clean:
 	rm -rf runs .pytest_cache

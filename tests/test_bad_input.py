@@ -29,7 +29,7 @@ CASES = {
     "epochs": (["trainer.epochs=0"], ["trainer.epochs"]),
     "pct_start": (["schedule.pct_start=1.5"], ["schedule.pct_start"]),
     "wrong_type": (["trainer.grad_accum_steps=many"], ["trainer.grad_accum_steps"]),
-    "auto_lr_not_yet": (["schedule.max_lr=auto"], ["schedule.max_lr", "not available yet"]),
+    "lr_range": (["lr_finder.start_lr=1", "lr_finder.end_lr=0.1"], ["lr_finder.start_lr", "below"]),
     "missing_cifar": (["data.name=cifar10", "data.root=/nonexistent/data"], ["cifar10", "not found"]),
     "missing_imagefolder": (["data.name=imagefolder", "data.root=/nonexistent/photos"], ["/nonexistent/photos"]),
     "bad_override": (["trainer.epochs"], ["key.sub=value"]),

@@ -7,6 +7,7 @@ process group forms, so a bad key fails every rank at once instead of leaving on
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from datetime import timedelta
@@ -17,9 +18,10 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
 
 from superconverge.checkpoint import resolve_resume, validate_checkpoint
-from superconverge.config import Config, ConfigError, load_config, save_config
+from superconverge.config import Config, load_config, save_config
 from superconverge.data import build_data
 from superconverge.errors import UserError
+from superconverge.lr_finder import MaxLRChoice, find_max_lr
 from superconverge.models import build_model
 from superconverge.trainer import Trainer
 
@@ -31,12 +33,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resolve_max_lr(cfg: Config, resume_state: dict | None) -> float:
-    if resume_state is not None:
-        return float(resume_state["max_lr"])  # a resumed run continues the schedule it started
-    if cfg.schedule.max_lr == "auto":
-        raise ConfigError("schedule.max_lr: 'auto' (the LR range test) is not available yet; set a number, e.g. schedule.max_lr=0.01")
-    return float(cfg.schedule.max_lr)
+def resumed_choice(resume_state: dict | None) -> MaxLRChoice | None:
+    """A resumed run continues the schedule it started, with the max_lr it chose then."""
+    if resume_state is None:
+        return None
+    return MaxLRChoice(float(resume_state["max_lr"]), resume_state["lr_policy"], resume_state["lr_finder_seconds"], reused=True)
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -49,7 +50,7 @@ def make_accelerator(cfg: Config) -> Accelerator:
         gradient_accumulation_steps=cfg.trainer.grad_accum_steps,
         step_scheduler_with_optimizer=False,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=30))],
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.trainer.collective_timeout_minutes))],
     )
 
 
@@ -61,11 +62,10 @@ def prepare_inputs(argv: list[str] | None):
         torch.use_deterministic_algorithms(True)
     resume_from = resolve_resume(cfg.trainer.resume, Path(cfg.output_dir))
     resume_state = validate_checkpoint(resume_from) if resume_from else None
-    max_lr = resolve_max_lr(cfg, resume_state)
     data = build_data(cfg.data)
     set_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes, data.in_channels)
-    return cfg, data, model, max_lr, resume_from
+    return cfg, data, model, resume_from, resume_state
 
 
 def open_run_dir(cfg: Config, accelerator: Accelerator) -> None:
@@ -76,16 +76,62 @@ def open_run_dir(cfg: Config, accelerator: Accelerator) -> None:
     accelerator.wait_for_everyone()
 
 
+def build_trainer(argv: list[str] | None) -> Trainer:
+    """config -> data and model -> (range test on rank 0) -> prepared objects, ready to fit."""
+    cfg, data, model, resume_from, resume_state = prepare_inputs(argv)
+    accelerator = make_accelerator(cfg)
+    open_run_dir(cfg, accelerator)
+    choice = resumed_choice(resume_state) or find_max_lr(cfg, accelerator, data, model)
+    return Trainer(cfg, accelerator, data, model, choice, resume_from)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg, data, model, max_lr, resume_from = prepare_inputs(argv)
-        accelerator = make_accelerator(cfg)
-        open_run_dir(cfg, accelerator)
-        Trainer(cfg, accelerator, data, model, max_lr, resume_from).fit()
-        accelerator.end_training()
+        trainer = build_trainer(argv)
+        trainer.fit()
+        trainer.accelerator.end_training()
     except UserError as exc:
         rank = os.environ.get("RANK")
         prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
         print(f"{prefix}superconverge: error: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+def lr_find_main(argv: list[str] | None = None) -> int:
+    """Run only the range test for a config (same code path, distributed too) and print the suggestions."""
+    try:
+        args = parse_args(argv)
+        cfg = load_config(args.config, [*args.overrides, "schedule.max_lr=auto", "trainer.resume=none"])
+        data = build_data(cfg.data)
+        set_seed(cfg.seed)
+        model = build_model(cfg.model, data.num_classes, data.in_channels)
+        accelerator = make_accelerator(cfg)
+        open_run_dir(cfg, accelerator)
+        find_max_lr(cfg, accelerator, data, model)
+        if accelerator.is_main_process:
+            print_suggestions(Path(cfg.output_dir) / "lr_finder.json")
+        accelerator.end_training()
+    except UserError as exc:
+        print(f"superconverge lr-find: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+def print_suggestions(path: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    found = json.loads(path.read_text())
+    table = Table(
+        title=f"LR range test: effective batch {found['effective_batch_size']}, {found['iterations']} iterations, {found['seconds']:.1f} s"
+    )
+    for column in ("policy", "suggested max_lr", "chosen"):
+        table.add_column(column)
+    for name, lr in found["suggestions"].items():
+        table.add_row(name, f"{lr:.3e}", "yes" if name == found["policy"] and not found["fallback_used"] else "")
+    if found["fallback_used"]:
+        table.add_row("fallback", f"{found['max_lr']:.3e}", "yes")
+    console = Console()
+    console.print(table)
+    console.print(f"curve and suggestions: {path} and {path.with_suffix('.png')}")

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from superconverge.errors import UserError
 
@@ -82,6 +82,27 @@ class ScheduleConfig(Section):
     max_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.95
 
 
+class LRFinderConfig(Section):
+    """The LR range test that picks max_lr when schedule.max_lr is 'auto'."""
+
+    start_lr: PositiveFloat = 1e-7
+    end_lr: PositiveFloat = 10.0
+    num_iter: Annotated[int, Field(ge=10)] = 100
+    step_mode: Literal["exp", "linear"] = "exp"
+    smooth_f: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    diverge_th: Annotated[float, Field(gt=1)] = 5.0
+    skip_start: Annotated[int, Field(ge=0)] = 10
+    skip_end: Annotated[int, Field(ge=0)] = 5
+    policy: Literal["steepest", "valley", "minimum"] = "valley"
+    fallback_max_lr: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> LRFinderConfig:
+        if self.start_lr >= self.end_lr:
+            raise ValueError(f"lr_finder.start_lr ({self.start_lr}) must be below lr_finder.end_lr ({self.end_lr})")
+        return self
+
+
 class EarlyStoppingConfig(Section):
     patience: PositiveInt | None = None
     metric: Literal["val_acc", "val_loss"] = "val_acc"
@@ -101,6 +122,7 @@ class TrainerConfig(Section):
     cpu: bool | None = None
     channels_last: bool = False
     deterministic: bool = False
+    collective_timeout_minutes: PositiveInt = 120  # ranks wait this long for rank 0's range test
 
     @field_validator("resume")
     @classmethod
@@ -117,6 +139,7 @@ class Config(Section):
     model: ModelConfig = ModelConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    lr_finder: LRFinderConfig = LRFinderConfig()
     trainer: TrainerConfig = TrainerConfig()
 
 

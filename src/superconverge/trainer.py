@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from superconverge.checkpoint import STATE_FILE, CheckpointError, CheckpointStore, load_model_weights
 from superconverge.config import Config
 from superconverge.data import DataBundle
+from superconverge.lr_finder import MaxLRChoice
 from superconverge.metrics import EarlyStopping, SplitTotals
 from superconverge.schedule import build_one_cycle, build_optimizer, current_momentum, optimizer_steps_per_epoch
 
@@ -26,6 +27,8 @@ class TrainState:
 
     max_lr: float
     total_steps: int
+    lr_policy: str = "fixed"
+    lr_finder_seconds: float = 0.0
     epoch: int = 0  # epochs completed
     batches_done: int = 0  # batches of the current epoch already consumed, per process
     optimizer_steps: int = 0
@@ -53,9 +56,10 @@ def make_loaders(cfg: Config, data: DataBundle, pin_memory: bool) -> tuple[DataL
 
 class Trainer:
     def __init__(
-        self, cfg: Config, accelerator: Accelerator, data: DataBundle, model: torch.nn.Module, max_lr: float, resume_from: Path | None
+        self, cfg: Config, accelerator: Accelerator, data: DataBundle, model: torch.nn.Module, choice: MaxLRChoice, resume_from: Path | None
     ) -> None:
         self.cfg, self.accelerator, self.run_dir = cfg, accelerator, Path(cfg.output_dir)
+        max_lr = choice.max_lr
         self.train_transform, self.eval_transform = data.train_transform, data.eval_transform
         self.augment_generator = torch.Generator(accelerator.device)
         self.store = CheckpointStore(self.run_dir / "checkpoints")
@@ -68,7 +72,7 @@ class Trainer:
         )
         steps = cfg.trainer.epochs * optimizer_steps_per_epoch(len(self.train_loader), cfg.trainer.grad_accum_steps)
         self.scheduler = accelerator.prepare(build_one_cycle(cfg.schedule, optimizer, max_lr, steps))
-        self.state = TrainState(max_lr=max_lr, total_steps=steps)
+        self.state = TrainState(max_lr=max_lr, total_steps=steps, lr_policy=choice.policy, lr_finder_seconds=choice.seconds)
         es = cfg.trainer.early_stopping
         self.stopper = EarlyStopping(es.metric, es.patience, es.min_delta)
         # A different augmentation stream on each rank; a resumed run gets its saved RNG back instead.
@@ -263,6 +267,8 @@ class Trainer:
             "world_size": self.accelerator.num_processes,
             "global_batch_size": self.cfg.data.batch_size * self.accelerator.num_processes * self.cfg.trainer.grad_accum_steps,
             "max_lr": state.max_lr,
+            "lr_policy": state.lr_policy,
+            "lr_finder_seconds": round(state.lr_finder_seconds, 3),
             "optimizer_steps": state.optimizer_steps,
             "total_optimizer_steps": state.total_steps,
             "final_lr": state.lr_trace[-1] if state.lr_trace else None,

@@ -9,19 +9,16 @@ from pathlib import Path
 
 import torch
 
-from superconverge.cli import make_accelerator, open_run_dir, prepare_inputs
-from superconverge.trainer import Trainer
+from superconverge.cli import build_trainer
 
 
 def main() -> None:
     expected, report_dir, argv = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-    cfg, data, model, max_lr, resume_from = prepare_inputs(argv)
-    accelerator = make_accelerator(cfg)
+    trainer = build_trainer(argv)
+    accelerator = trainer.accelerator
     # Proves this is one distributed job, not N independent single-process runs.
     assert accelerator.num_processes == expected, f"world size {accelerator.num_processes}, expected {expected}"
     assert torch.distributed.is_initialized() == (expected > 1)
-    open_run_dir(cfg, accelerator)
-    trainer = Trainer(cfg, accelerator, data, model, max_lr, resume_from)
     summary = trainer.fit()
     flat = torch.cat([p.detach().float().flatten() for p in accelerator.unwrap_model(trainer.model).parameters()])
     everyone = accelerator.gather(flat.unsqueeze(0))
