@@ -38,6 +38,7 @@ def run(
     args: list[str], nproc: int = 1, script: str | Path = "train.py", timeout: float = 240, env: dict | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", **(env or {})}
+    full_env = {key: value for key, value in full_env.items() if value is not None}  # None removes a variable
     proc = subprocess.run(launch_command(nproc, script) + args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}")

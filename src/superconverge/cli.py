@@ -19,18 +19,26 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, se
 
 from superconverge.checkpoint import resolve_resume, validate_checkpoint
 from superconverge.config import Config, load_config, save_config
+from superconverge.console import RunConsole
 from superconverge.data import build_data
 from superconverge.errors import UserError
 from superconverge.lr_finder import MaxLRChoice, find_max_lr
 from superconverge.models import build_model
+from superconverge.tracking import Tracking, start_tracking, wants_wandb
 from superconverge.trainer import Trainer
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="train.py", description="One-cycle training with Accelerate.")
     parser.add_argument("--config", type=Path, help="YAML experiment file (configs/*.yaml)")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors (console.mode=quiet)")
+    parser.add_argument("--verbose", action="store_true", help="report every 10 steps (console.log_every_steps=10)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. trainer.epochs=3")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.overrides = (
+        (["console.mode=quiet"] if args.quiet else []) + (["console.log_every_steps=10"] if args.verbose else []) + args.overrides
+    )
+    return args
 
 
 def resumed_choice(resume_state: dict | None) -> MaxLRChoice | None:
@@ -46,6 +54,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
     cpu = cfg.trainer.cpu if cfg.trainer.cpu is not None else not torch.cuda.is_available()
     return Accelerator(
         cpu=cpu,
+        log_with="wandb" if wants_wandb(cfg) else None,
+        project_dir=str(cfg.output_dir),
         mixed_precision=cfg.trainer.mixed_precision,
         gradient_accumulation_steps=cfg.trainer.grad_accum_steps,
         step_scheduler_with_optimizer=False,
@@ -81,8 +91,28 @@ def build_trainer(argv: list[str] | None) -> Trainer:
     cfg, data, model, resume_from, resume_state = prepare_inputs(argv)
     accelerator = make_accelerator(cfg)
     open_run_dir(cfg, accelerator)
-    choice = resumed_choice(resume_state) or find_max_lr(cfg, accelerator, data, model)
-    return Trainer(cfg, accelerator, data, model, choice, resume_from)
+    console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
+    tracking = start_tracking(cfg, accelerator)
+    console.banner(run_facts(cfg, accelerator, data, model, tracking))
+    choice = resumed_choice(resume_state) or find_max_lr(cfg, accelerator, data, model, console)
+    if not choice.reused and choice.policy != "fixed":
+        tracking.log_range_test(Path(cfg.output_dir))
+    return Trainer(cfg, accelerator, data, model, choice, resume_from, console, tracking)
+
+
+def run_facts(cfg: Config, accelerator: Accelerator, data, model, tracking: Tracking) -> dict:
+    sizes = "/".join(str(len(split)) if split is not None else "-" for split in (data.train, data.val, data.test))
+    return {
+        "world_size": accelerator.num_processes,
+        "device": accelerator.device.type,
+        "precision": accelerator.mixed_precision,
+        "global_batch": cfg.data.batch_size * accelerator.num_processes * cfg.trainer.grad_accum_steps,
+        "data": f"{cfg.data.name} train/val/test={sizes}",
+        "model": f"{cfg.model.name} params={sum(p.numel() for p in model.parameters())}",
+        "max_lr": cfg.schedule.max_lr,
+        "run_dir": cfg.output_dir,
+        "wandb": tracking.describe().replace(" ", ":"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +138,7 @@ def lr_find_main(argv: list[str] | None = None) -> int:
         model = build_model(cfg.model, data.num_classes, data.in_channels)
         accelerator = make_accelerator(cfg)
         open_run_dir(cfg, accelerator)
-        find_max_lr(cfg, accelerator, data, model)
+        find_max_lr(cfg, accelerator, data, model, RunConsole(cfg.console, accelerator.is_main_process))
         if accelerator.is_main_process:
             print_suggestions(Path(cfg.output_dir) / "lr_finder.json")
         accelerator.end_training()

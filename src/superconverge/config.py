@@ -132,6 +132,25 @@ class TrainerConfig(Section):
         return value
 
 
+class WandbConfig(Section):
+    project: str = "superconverge"
+    entity: str | None = None
+    name: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    mode: Literal["online", "offline", "disabled"] = "online"  # online without an API key runs offline
+    log_every_steps: PositiveInt = 50
+
+
+class TrackingConfig(Section):
+    wandb: WandbConfig = WandbConfig()
+
+
+class ConsoleConfig(Section):
+    mode: Literal["auto", "live", "plain", "quiet"] = "auto"  # auto: live in a terminal, plain lines elsewhere
+    log_every_steps: PositiveInt = 50
+    log_every_seconds: PositiveFloat | None = None  # plain lines by time instead of steps
+
+
 class Config(Section):
     seed: int = 0
     output_dir: Path = Path("runs/default")
@@ -141,6 +160,8 @@ class Config(Section):
     schedule: ScheduleConfig = ScheduleConfig()
     lr_finder: LRFinderConfig = LRFinderConfig()
     trainer: TrainerConfig = TrainerConfig()
+    console: ConsoleConfig = ConsoleConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 def _key_of(loc: tuple) -> str:

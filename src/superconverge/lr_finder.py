@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
 from superconverge.config import Config
+from superconverge.console import RunConsole
 from superconverge.data import BatchTransform, DataBundle
 from superconverge.errors import UserError
 from superconverge.schedule import build_optimizer
@@ -113,9 +114,10 @@ class RangeTestResult:
 class _TrainingBatches(TrainDataLoaderIter):
     """Feeds the finder what training sees: the training augmentation, on the training device."""
 
-    def __init__(self, loader: DataLoader, transform: BatchTransform | None, device: torch.device, seed: int, channels_last: bool):
+    def __init__(self, loader: DataLoader, transform: BatchTransform | None, device: torch.device, seed: int, channels_last: bool,
+                 progress: Callable[[int], None] | None = None):  # fmt: skip
         super().__init__(loader)
-        self.transform, self.device, self.channels_last = transform, device, channels_last
+        self.transform, self.device, self.channels_last, self.progress = transform, device, channels_last, progress
         self.generator = torch.Generator(device).manual_seed(seed)
         self.batches_seen = 0
 
@@ -127,6 +129,8 @@ class _TrainingBatches(TrainDataLoaderIter):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         self.batches_seen += 1
+        if self.progress is not None:
+            self.progress(self.batches_seen)
         return images, labels
 
 
@@ -151,13 +155,13 @@ def _amp_settings(mixed_precision: str, device: torch.device) -> dict:
 
 
 def run_range_test(cfg: Config, data: DataBundle, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                   world_size: int, mixed_precision: str) -> RangeTestResult:  # fmt: skip
+                   world_size: int, mixed_precision: str, progress: Callable[[int], None] | None = None) -> RangeTestResult:  # fmt: skip
     """torch-lr-finder at the global batch: per-device batches, accumulated over world size x accumulation."""
     finder_cfg = cfg.lr_finder
     accumulation = world_size * cfg.trainer.grad_accum_steps
     loader = DataLoader(data.train, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers,
                         generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
-    batches = _TrainingBatches(loader, data.train_transform, device, cfg.seed, cfg.trainer.channels_last)
+    batches = _TrainingBatches(loader, data.train_transform, device, cfg.seed, cfg.trainer.channels_last, progress)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optimizer.label_smoothing)
     finder = LRFinder(model, optimizer, criterion, device=device, **_amp_settings(mixed_precision, device))
     started = time.perf_counter()
@@ -251,13 +255,15 @@ def previous_choice(cfg: Config, world_size: int) -> MaxLRChoice | None:
     return MaxLRChoice(saved["max_lr"], "fallback" if saved["fallback_used"] else saved["policy"], saved["seconds"], reused=True)
 
 
-def find_max_lr(cfg: Config, accelerator: Accelerator, data: DataBundle, model: nn.Module) -> MaxLRChoice:
+def find_max_lr(
+    cfg: Config, accelerator: Accelerator, data: DataBundle, model: nn.Module, console: RunConsole | None = None
+) -> MaxLRChoice:
     """Run the range test on rank 0 only and give every rank its max_lr (or its error)."""
     if cfg.schedule.max_lr != "auto":
         return MaxLRChoice(float(cfg.schedule.max_lr), "fixed")
     payload = None
     if accelerator.is_main_process:
-        payload = _main_process_range_test(cfg, accelerator, data, model)
+        payload = _main_process_range_test(cfg, accelerator, data, model, console)
     # The other ranks wait here; the process group's timeout is trainer.collective_timeout_minutes.
     payload = broadcast_object_list([payload], from_process=0)[0]
     if "error" in payload:
@@ -265,13 +271,20 @@ def find_max_lr(cfg: Config, accelerator: Accelerator, data: DataBundle, model: 
     return MaxLRChoice(**payload)
 
 
-def _main_process_range_test(cfg: Config, accelerator: Accelerator, data: DataBundle, model: nn.Module) -> dict:
+def _main_process_range_test(cfg: Config, accelerator: Accelerator, data: DataBundle, model: nn.Module, console: RunConsole | None) -> dict:
     try:
         previous = previous_choice(cfg, accelerator.num_processes)
         if previous is not None:
             return asdict(previous)
         optimizer = build_optimizer(cfg.optimizer, model, lr=cfg.lr_finder.start_lr)  # the trainer builds its own
-        result = run_range_test(cfg, data, model, optimizer, accelerator.device, accelerator.num_processes, accelerator.mixed_precision)
+        if console is not None:
+            console.start_phase("LR test", cfg.lr_finder.num_iter * accelerator.num_processes * cfg.trainer.grad_accum_steps)
+        progress = console.advance if console is not None else None
+        result = run_range_test(cfg, data, model, optimizer, accelerator.device, accelerator.num_processes, accelerator.mixed_precision,
+                                progress)  # fmt: skip
+        if console is not None:
+            found = " ".join(f"{name}={lr:.3g}" for name, lr in result.suggestions.items())
+            console.line(f"LR range test {found} chosen={result.policy} max_lr={result.max_lr:.4g} seconds={result.seconds:.1f}")
         write_artifacts(result, Path(cfg.output_dir))
         if result.fallback_used:
             print(f"WARNING: {result.error}. Using lr_finder.fallback_max_lr={result.max_lr:g} instead.", file=sys.stderr, flush=True)

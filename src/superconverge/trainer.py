@@ -15,10 +15,12 @@ from torch.utils.data import DataLoader
 
 from superconverge.checkpoint import STATE_FILE, CheckpointError, CheckpointStore, load_model_weights
 from superconverge.config import Config
+from superconverge.console import RunConsole
 from superconverge.data import DataBundle
 from superconverge.lr_finder import MaxLRChoice
 from superconverge.metrics import EarlyStopping, SplitTotals
 from superconverge.schedule import build_one_cycle, build_optimizer, current_momentum, optimizer_steps_per_epoch
+from superconverge.tracking import Tracking
 
 
 @dataclass
@@ -56,9 +58,18 @@ def make_loaders(cfg: Config, data: DataBundle, pin_memory: bool) -> tuple[DataL
 
 class Trainer:
     def __init__(
-        self, cfg: Config, accelerator: Accelerator, data: DataBundle, model: torch.nn.Module, choice: MaxLRChoice, resume_from: Path | None
+        self,
+        cfg: Config,
+        accelerator: Accelerator,
+        data: DataBundle,
+        model: torch.nn.Module,
+        choice: MaxLRChoice,
+        resume_from: Path | None,
+        console: RunConsole,
+        tracking: Tracking,
     ) -> None:
         self.cfg, self.accelerator, self.run_dir = cfg, accelerator, Path(cfg.output_dir)
+        self.console, self.tracking = console, tracking
         max_lr = choice.max_lr
         self.train_transform, self.eval_transform = data.train_transform, data.eval_transform
         self.augment_generator = torch.Generator(accelerator.device)
@@ -120,6 +131,8 @@ class Trainer:
         totals = SplitTotals(acc.device, state.train_totals, remainder=self._train_remainder())
         self.model.train()
         began = self._epoch_began = time.perf_counter()
+        first_batch = state.batches_done
+        self.console.start_phase("train", len(self.train_loader), epoch + 1)
         for images, labels in loader:
             images = self._layout(self._augment(images, epoch, state.batches_done))
             with acc.accumulate(self.model):
@@ -134,6 +147,8 @@ class Trainer:
             state.batches_done += 1
             if acc.sync_gradients:
                 self._after_optimizer_step()
+            self._report_batch(totals, began, first_batch)
+            if acc.sync_gradients:
                 if self._stop_requested():
                     self._bank_train_time(began, totals)
                     self._save(["last"])
@@ -167,6 +182,24 @@ class Trainer:
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.cfg.trainer.channels_last else images
 
+    def _report_batch(self, totals: SplitTotals, began: float, first_batch: int) -> None:
+        """Console progress every batch; the numbers (one host sync) only at reporting points."""
+        if not self.accelerator.is_main_process:
+            return
+        state = self.state
+
+        def stats() -> dict:
+            seen = (state.batches_done - first_batch) * self.cfg.data.batch_size * self.accelerator.num_processes
+            loss_sum, _, count = (totals.local + totals.shared).tolist()
+            lr, momentum = self.optimizer.param_groups[0]["lr"], current_momentum(self.optimizer)
+            return {"loss": loss_sum / max(count, 1), "lr": lr, "mom": momentum, "img/s": seen / max(time.perf_counter() - began, 1e-9)}
+
+        self.console.advance(state.batches_done, stats)
+        every = self.cfg.tracking.wandb.log_every_steps
+        if self.tracking.active and self.accelerator.sync_gradients and state.optimizer_steps % every == 0:
+            names = {"loss": "train/loss", "lr": "train/lr", "mom": "train/momentum", "img/s": "train/images_per_second"}
+            self.tracking.log({names[k]: v for k, v in stats().items()}, step=state.optimizer_steps)
+
     def _after_optimizer_step(self) -> None:
         # Recorded before stepping: the LR and momentum the optimizer step just used.
         self.state.lr_trace.append(float(self.optimizer.param_groups[0]["lr"]))
@@ -187,14 +220,16 @@ class Trainer:
         self.state.train_images += self.state.train_totals[2] - before
         self.state.train_seconds += time.perf_counter() - began
 
-    def evaluate(self, loader: DataLoader | None) -> tuple[float | None, float | None, int]:
+    def evaluate(self, loader: DataLoader | None, phase: str) -> tuple[float | None, float | None, int]:
         """Loss, accuracy and sample count over the whole split, across all ranks."""
         if loader is None:
             return None, None, 0
         totals = SplitTotals(self.accelerator.device)
         self.model.eval()
+        self.console.start_phase(phase, len(loader))
         with torch.no_grad():
-            for images, labels in loader:
+            for done, (images, labels) in enumerate(loader, 1):
+                self.console.advance(done)
                 logits = self.model(self._layout(self._normalize(images))).float()
                 totals.add(self.accelerator, F.cross_entropy(logits, labels, reduction="none"), logits, labels)
         result = totals.fold(self.accelerator)
@@ -204,7 +239,7 @@ class Trainer:
         """Validate, checkpoint and log an epoch; return True if the run must stop here."""
         state = self.state
         train_loss, train_acc = SplitTotals.summarize(state.train_totals)
-        val_loss, val_acc, val_count = self.evaluate(self.val_loader)
+        val_loss, val_acc, val_count = self.evaluate(self.val_loader, "validation")
         record = {
             "epoch": state.epoch + 1,
             "train_loss": train_loss,
@@ -225,7 +260,9 @@ class Trainer:
         state.history.append(record)
         self._save(["last", "best"] if improved else ["last"])
         self._append_history(record)
-        self._log(record)
+        self.console.end_epoch(record)
+        epoch_values = {f"epoch/{k}": v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        self.tracking.log(epoch_values, step=state.optimizer_steps)
         limit = self.cfg.trainer.stop_after_epochs
         return limit is not None and state.epoch - self._epochs_at_start >= limit and state.epoch < self.epochs and not state.stopped_early
 
@@ -245,17 +282,12 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
-    def _log(self, record: dict) -> None:
-        if self.accelerator.is_main_process:
-            fields = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-            print(f"[superconverge] {fields}", flush=True)
-
     def _test(self) -> float | None:
         best = self.store.link("best") or self.store.link("last")
         if self.test_loader is None or best is None:
             return None
         load_model_weights(self.accelerator.unwrap_model(self.model), best)
-        return self.evaluate(self.test_loader)[1]
+        return self.evaluate(self.test_loader, "test")[1]
 
     def _finish(self, completed: bool) -> dict:
         state = self.state
@@ -283,12 +315,16 @@ class Trainer:
             "device": self.accelerator.device.type,
             "wall_seconds": round(state.wall_seconds, 3),
             "train_images_per_second": state.train_images / state.train_seconds if state.train_seconds else None,
+            "wandb_run_id": self.tracking.run_id,
+            "wandb_mode": self.tracking.mode,
+            "run_dir": str(self.run_dir),
         }
+        keys = ("best_val_acc", "test_acc", "max_lr", "lr_policy", "optimizer_steps", "epochs_completed", "stopped_early")
+        self.tracking.summarize({k: summary[k] for k in keys})
         if self.accelerator.is_main_process:
             trace = {"total_steps": state.total_steps, "lr": state.lr_trace, "momentum": state.momentum_trace}
             (self.run_dir / "lr_trace.json").write_text(json.dumps(trace))
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-            if completed and test_acc is not None:
-                print(f"[superconverge] test_acc={test_acc:.4f} best_val_acc={summary['best_val_acc']} run_dir={self.run_dir}", flush=True)
+        self.console.finish(summary, self.tracking.describe())
         self.accelerator.wait_for_everyone()
         return summary

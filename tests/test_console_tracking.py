@@ -1,0 +1,98 @@
+"""Console output (live in a terminal, plain lines elsewhere, main process only) and offline W&B."""
+
+import json
+import os
+import pty
+import re
+import subprocess
+from pathlib import Path
+
+import wandb_reader
+from conftest import ROOT, launch_command, run, summary
+
+OFFLINE = {"WANDB_MODE": None, "WANDB_API_KEY": None, "WANDB_DIR": None}
+
+
+def wandb_file(run_dir: Path, index: int) -> Path:
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    return next(runs[index].glob("*.wandb"))
+
+
+def test_offline_wandb_run_is_continued_on_resume(digits_args, tmp_path):
+    args = digits_args("tracking.wandb.log_every_steps=5", "tracking.wandb.tags=[cpu,test]", "trainer.epochs=3")
+    first = run([*args, "trainer.stop_after_epochs=1"], nproc=2, env=OFFLINE)
+    assert first.stderr.count("no W&B API key found: logging offline") == 1
+    run(args, nproc=2, env=OFFLINE)
+    run_dir = tmp_path / "run"
+    info = summary(run_dir)
+    run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
+    assert info["wandb_run_id"] == run_id and info["wandb_mode"] == "offline" and info["resumed"]
+    before, after = wandb_file(run_dir, 0), wandb_file(run_dir, 1)
+    assert wandb_reader.run_ids(before) == wandb_reader.run_ids(after) == {run_id}
+    assert {"data", "model", "schedule", "trainer", "lr_finder"} <= wandb_reader.config_keys(before)
+    rows_before, rows_after = wandb_reader.history(before), wandb_reader.history(after)
+    train_steps = [r["_step"] for r in rows_before if "train/loss" in r]
+    assert train_steps and all(step % 5 == 0 for step in train_steps)
+    assert all(k in rows_before[-1] for k in ("train/lr", "train/momentum", "train/images_per_second"))
+    assert any("lr_finder/curve_table/_type" in r for r in rows_before) and any("lr_finder/plot/_type" in r for r in rows_before)
+    epoch_rows = [r for r in rows_before + rows_after if "epoch/val_acc" in r]
+    assert [r["epoch/epoch"] for r in epoch_rows] == [1, 2, 3]
+    assert min(r["_step"] for r in rows_after) > max(r["_step"] for r in rows_before)  # the step counter goes on
+    final = wandb_reader.summary(after)
+    assert final["test_acc"] == info["test_acc"] and final["max_lr"] == info["max_lr"]
+
+
+def test_api_key_is_never_printed_or_written(digits_args, tmp_path):
+    secret = "k" * 28 + "5ecret0123ab"
+    proc = run(digits_args("trainer.epochs=1", "tracking.wandb.mode=offline"), env={**OFFLINE, "WANDB_API_KEY": secret})
+    assert secret not in proc.stdout + proc.stderr
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_plain_output_of_a_two_process_run(digits_args, tmp_path):
+    proc = run(digits_args("console.log_every_steps=5"), nproc=2)
+    out = proc.stdout
+    assert "\x1b[" not in out + proc.stderr  # no colour, no cursor movement
+    assert "it/s" not in out + proc.stderr  # torch-lr-finder's tqdm bar stays hidden
+    lines = out.splitlines()
+    assert sum("start world_size=2" in line for line in lines) == 1
+    assert sum("LR range test" in line for line in lines) == 1
+    # 10 batches per process and epoch, a line every 5: exactly 2 per epoch, none from rank 1.
+    for epoch in (1, 2):
+        step_lines = [line for line in lines if f"train {epoch}/2 step" in line]
+        assert len(step_lines) == 2, out
+        assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d train", line) for line in step_lines)
+        assert all(" loss " in line and " lr " in line and " mom " in line and " img/s " in line for line in step_lines)
+    assert re.search(r"^\s+epoch\s+train_loss\s+train_acc\s+val_loss\s+val_acc", out, re.M)
+    assert "finished best_val_acc=" in out and "test_acc=" in out
+
+
+def test_quiet_prints_nothing(digits_args):
+    proc = run([*digits_args("trainer.epochs=1"), "--quiet"])
+    assert proc.stdout == ""
+
+
+def test_terminal_shows_the_live_display(digits_args, tmp_path):
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "TERM": "xterm-256color", "COLUMNS": "120"}
+    proc = subprocess.Popen(launch_command(1) + digits_args("trainer.epochs=1"), cwd=ROOT, env=env, stdout=secondary,
+                            stderr=secondary, stdin=subprocess.DEVNULL)  # fmt: skip
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=120) == 0
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "\x1b[" in screen  # live redraw
+    assert "━" in screen and "train 1/1" in screen and "eta" in screen  # a progress bar for the phase
+    assert "superconverge" in screen and "world_size" in screen  # the start banner
+    assert "finished" in screen and "test acc" in screen  # the summary panel
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["completed"]
