@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
 
-from superconverge.checkpoint import resolve_resume, validate_checkpoint
+from superconverge.checkpoint import REQUEUE_EXIT_CODE, resolve_resume, validate_checkpoint
 from superconverge.config import Config, load_config, save_config
 from superconverge.console import RunConsole
 from superconverge.data import build_data
@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer = build_trainer(argv)
         trainer.fit()
         trainer.accelerator.end_training()
+        if trainer.preempted:
+            return REQUEUE_EXIT_CODE
     except UserError as exc:
         rank = os.environ.get("RANK")
         prefix = f"[rank {rank}] " if rank not in (None, "0") else ""

@@ -122,6 +122,7 @@ class TrainerConfig(Section):
     cpu: bool | None = None
     channels_last: bool = False
     deterministic: bool = False
+    preemption_check_steps: PositiveInt = 10  # how often ranks agree on a SIGUSR1/SIGTERM (one all-reduce)
     collective_timeout_minutes: PositiveInt = 120  # ranks wait this long for rank 0's range test
 
     @field_validator("resume")

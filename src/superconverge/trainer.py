@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from superconverge.checkpoint import STATE_FILE, CheckpointError, CheckpointStore, load_model_weights
+from superconverge.checkpoint import STATE_FILE, CheckpointError, CheckpointStore, PreemptionWatch, load_model_weights
 from superconverge.config import Config
 from superconverge.console import RunConsole
 from superconverge.data import DataBundle
@@ -70,6 +70,8 @@ class Trainer:
     ) -> None:
         self.cfg, self.accelerator, self.run_dir = cfg, accelerator, Path(cfg.output_dir)
         self.console, self.tracking = console, tracking
+        self.preemption = PreemptionWatch(accelerator, cfg.trainer.preemption_check_steps)
+        self.preempted = False
         max_lr = choice.max_lr
         self.train_transform, self.eval_transform = data.train_transform, data.eval_transform
         self.augment_generator = torch.Generator(accelerator.device)
@@ -209,8 +211,11 @@ class Trainer:
         self.state.optimizer_steps += 1
 
     def _stop_requested(self) -> bool:
-        limit = self.cfg.trainer.stop_after_steps
         done = self.state.optimizer_steps
+        if done < self.state.total_steps and self.preemption.agreed(done):
+            self.preempted = True
+            return True
+        limit = self.cfg.trainer.stop_after_steps
         return limit is not None and done - self._steps_at_start >= limit and done < self.state.total_steps
 
     def _bank_train_time(self, began: float, totals: SplitTotals) -> None:
@@ -296,6 +301,7 @@ class Trainer:
         val_accs = [r["val_acc"] for r in state.history if r["val_acc"] is not None]
         summary = {
             "completed": completed,
+            "preempted": self.preempted,
             "world_size": self.accelerator.num_processes,
             "global_batch_size": self.cfg.data.batch_size * self.accelerator.num_processes * self.cfg.trainer.grad_accum_steps,
             "max_lr": state.max_lr,

@@ -1,0 +1,56 @@
+"""A signal checkpoints and stops every rank at a step boundary; the rerun ends like an uninterrupted run."""
+
+import signal
+import subprocess
+import time
+
+import psutil
+from conftest import ROOT, history, launch_command, run, summary
+from test_resume import assert_same_run
+
+from superconverge.checkpoint import REQUEUE_EXIT_CODE
+
+
+def workers(launcher: subprocess.Popen) -> list[psutil.Process]:
+    return [p for p in psutil.Process(launcher.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
+
+
+def wait_for_epochs(run_dir, count: int, launcher: subprocess.Popen, limit: float = 120) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and launcher.poll() is None:
+        path = run_dir / "metrics.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run never reached the epoch to interrupt")
+
+
+def test_signal_on_one_rank_stops_all_ranks_and_resume_matches(digits_args, tmp_path):
+    plain, preempted = tmp_path / "plain", tmp_path / "preempted"
+    common = ("schedule.max_lr=0.005", "trainer.epochs=12", "trainer.preemption_check_steps=2")
+    run(digits_args(*common, run_dir=plain), nproc=2)
+    launcher = subprocess.Popen(launch_command(2) + digits_args(*common, run_dir=preempted), cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_for_epochs(preempted, 1, launcher)
+    ranks = workers(launcher)
+    assert len(ranks) == 2
+    ranks[-1].send_signal(signal.SIGUSR1)  # one rank only: the other must learn it through the collective
+    launcher.wait(timeout=60)
+    first = summary(preempted)
+    assert first["preempted"] and not first["completed"] and first["optimizer_steps"] % 2 == 0
+    assert 0 < first["optimizer_steps"] < first["total_optimizer_steps"]
+    run(digits_args(*common, run_dir=preempted), nproc=2)
+    final = summary(preempted)
+    assert final["completed"] and final["resumed"] and not final["preempted"]
+    assert [r["epoch"] for r in history(preempted)] == list(range(1, 13))
+    assert_same_run(plain, preempted)
+
+
+def test_single_process_sigterm_exits_with_the_requeue_code(digits_args, tmp_path):
+    proc = subprocess.Popen(launch_command(1) + digits_args("schedule.max_lr=0.005", "trainer.epochs=12"), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_for_epochs(tmp_path / "run", 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == REQUEUE_EXIT_CODE
+    info = summary(tmp_path / "run")
+    assert info["preempted"] and (tmp_path / "run" / "checkpoints" / "last").is_symlink()
