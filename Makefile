@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # 2 CPU processes without CUDA; all GPUs of the machine with it (evaluated after set-up).
 LAUNCH = $(shell $(PY) -c "import torch; n = torch.cuda.device_count(); print('--config_file launch/cpu.yaml' if n == 0 else f'--config_file launch/multi_gpu.yaml --num_processes {n}' if n > 1 else '--config_file launch/single_gpu.yaml')")
 
-.PHONY: setup data train test lint clean
+.PHONY: setup data test-deps train test lint clean
 
 setup: $(VENV)/.installed data
 
@@ -30,7 +30,18 @@ data:
 train: setup
 	$(VENV)/bin/accelerate launch $(LAUNCH) train.py --config $(CONFIG) $(ARGS)
 
-test: setup
+# The SLURM tests start a real single-node cluster from Debian's packages (root only).
+test-deps:
+	@if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then \
+		echo "SLURM: found"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			slurmctld slurmd slurm-client munge) >/dev/null; \
+	else \
+		echo "SLURM: not installed and not root: the SLURM tests will be skipped"; \
+	fi
+
+test: setup test-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed

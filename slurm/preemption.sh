@@ -1,0 +1,27 @@
+# Shared by the sbatch scripts: forward SLURM's early-warning signal to the training processes
+# and requeue the job when the trainer stopped on it (summary.json says "preempted": true).
+TRAIN_PID=
+STARTED=$(date +%s)
+forward_signal() {
+  echo "$(date -Is) got $1: asking the trainer to checkpoint and stop"
+  # The workers are children of `accelerate launch`; the launcher itself would die on USR1.
+  pkill "-$1" -P "$TRAIN_PID" 2>/dev/null || true
+}
+trap 'forward_signal USR1' USR1
+trap 'forward_signal TERM' TERM
+
+wait_and_requeue() {
+  TRAIN_PID=$1
+  local status=0
+  while kill -0 "$TRAIN_PID" 2>/dev/null; do
+    wait "$TRAIN_PID"; status=$?   # returns early (>128) when a trapped signal arrives
+  done
+  # Only this job's own summary counts (a stale one from an earlier chunk must not requeue a crash).
+  if python -c "import json, os, sys; p = sys.argv[1]; sys.exit(0 if os.path.getmtime(p) >= float(sys.argv[2]) and json.load(open(p)).get('preempted') else 1)" \
+      "$RUN_DIR/summary.json" "$STARTED" 2>/dev/null; then
+    echo "$(date -Is) checkpoint saved: requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+  fi
+  exit "$status"
+}

@@ -1,0 +1,65 @@
+"""The project's sbatch script on a real local SLURM cluster: a job completes; a preempted job
+checkpoints, requeues itself and resumes the same schedule to the end."""
+
+import json
+import os
+import time
+
+import pytest
+import slurm_cluster
+from conftest import DIGITS, ROOT, history, summary
+
+REASON = slurm_cluster.available()
+if REASON and os.environ.get("CI"):
+    raise RuntimeError(f"CI must run the SLURM tests: {REASON}")
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+JOB_ENV = {"NPROC": "2", "VENV": str(ROOT / ".venv"), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    started = time.monotonic()
+    cluster = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm"))
+    cluster.start()
+    print(f"SLURM cluster up in {time.monotonic() - started:.1f}s")
+    yield cluster
+    cluster.stop()
+
+
+def submit(cluster, run_dir, *overrides):
+    log = run_dir.parent / f"{run_dir.name}.out"
+    job_id = cluster.sbatch(f"--chdir={ROOT}", f"--output={log}", "--export=ALL", str(ROOT / "slurm" / "single_node.sbatch"),
+                            *DIGITS[1:], *overrides, env={**JOB_ENV, "RUN_DIR": str(run_dir)})  # fmt: skip
+    return job_id, log
+
+
+def test_single_node_job_completes(cluster, tmp_path):
+    job_id, log = submit(cluster, tmp_path / "run", "trainer.epochs=2")
+    info = cluster.wait(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout=240)
+    assert info["JobState"] == "COMPLETED", log.read_text()[-3000:]
+    result = summary(tmp_path / "run")
+    assert result["completed"] and result["world_size"] == 2 and not result["resumed"] and result["test_acc"] > 0.5
+    assert "restart 0: 2 processes" in log.read_text()
+
+
+def test_preempted_job_requeues_and_resumes_the_same_schedule(cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    job_id, log = submit(cluster, run_dir, "trainer.epochs=12", "schedule.max_lr=auto", "trainer.preemption_check_steps=2")
+    deadline = time.monotonic() + 180
+    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().strip()):
+        assert time.monotonic() < deadline, log.read_text()[-3000:] if log.exists() else "no log"
+        time.sleep(0.2)
+    lr_test = (run_dir / "lr_finder.json").read_text()
+    cluster.scancel("--batch", "--signal=USR1", job_id)  # what --signal=B:USR1@120 sends before the time limit
+    info = cluster.wait(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout=300)
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", text[-3000:]
+    assert "requeueing job" in text and "restart 1: 2 processes" in text
+    result = summary(run_dir)
+    assert result["completed"] and result["resumed"] and result["times_resumed"] == 1
+    assert result["optimizer_steps"] == result["total_optimizer_steps"]
+    assert (run_dir / "lr_finder.json").read_text() == lr_test  # the range test ran once
+    assert [r["epoch"] for r in history(run_dir)] == list(range(1, 13))
+    trace = json.loads((run_dir / "lr_trace.json").read_text())
+    assert len(trace["lr"]) == result["total_optimizer_steps"] and trace["lr"][-1] == result["final_lr"]
