@@ -5,6 +5,7 @@ Needs root and the packages (`make test` installs them where apt is usable).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -98,10 +99,8 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
         for name in ("slurmd.pid", "slurmctld.pid"):
             pid_file = self.root / name
             if pid_file.exists():
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid_file.read_text()), signal.SIGTERM)
-                except (ProcessLookupError, ValueError):
-                    pass
         if self.munged:
             subprocess.run(["pkill", "-x", "munged"], capture_output=True)
 
