@@ -1,11 +1,16 @@
 # Shared by the sbatch scripts: forward SLURM's early-warning signal to the training processes
 # and requeue the job when the trainer stopped on it (summary.json says "preempted": true).
 TRAIN_PID=
+FORWARD_TO_STEPS=0
 STARTED=$(date +%s)
 forward_signal() {
   echo "$(date -Is) got $1: asking the trainer to checkpoint and stop"
-  # The workers are children of `accelerate launch`; the launcher itself would die on USR1.
-  pkill "-$1" -P "$TRAIN_PID" 2>/dev/null || true
+  if [ "$FORWARD_TO_STEPS" = 1 ]; then
+    scancel --signal="$1" "$SLURM_JOB_ID"   # to every node's srun task
+  else
+    # The workers are children of `accelerate launch`; the launcher itself would die on USR1.
+    pkill "-$1" -P "$TRAIN_PID" 2>/dev/null || true
+  fi
 }
 trap 'forward_signal USR1' USR1
 trap 'forward_signal TERM' TERM

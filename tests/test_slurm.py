@@ -3,6 +3,7 @@ checkpoints, requeues itself and resumes the same schedule to the end."""
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -63,3 +64,27 @@ def test_preempted_job_requeues_and_resumes_the_same_schedule(cluster, tmp_path)
     assert [r["epoch"] for r in history(run_dir)] == list(range(1, 13))
     trace = json.loads((run_dir / "lr_trace.json").read_text())
     assert len(trace["lr"]) == result["total_optimizer_steps"] and trace["lr"][-1] == result["final_lr"]
+
+
+def test_multi_node_launch_forms_one_job_across_two_machines(tmp_path):
+    """slurm/launch_node.sh as srun runs it on each node: machine ranks 0 and 1 on loopback."""
+    from conftest import free_port
+
+    port, run_dir = str(free_port()), tmp_path / "run"
+    env = {**os.environ, **JOB_ENV, "SLURM_NNODES": "2", "HEAD_NODE": "127.0.0.1", "MAIN_PORT": port, "RUN_DIR": str(run_dir),
+           "NPROC_PER_NODE": "1", "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}  # fmt: skip
+    machines = [
+        subprocess.Popen(
+            ["bash", "slurm/launch_node.sh", *DIGITS[1:], "trainer.epochs=1"],
+            cwd=ROOT,
+            env={**env, "SLURM_NODEID": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    outputs = [machine.communicate(timeout=240)[0] for machine in machines]
+    assert [m.returncode for m in machines] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    result = summary(run_dir)
+    assert result["world_size"] == 2 and result["completed"]
