@@ -88,3 +88,24 @@ def test_multi_node_launch_forms_one_job_across_two_machines(tmp_path):
     assert [m.returncode for m in machines] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     result = summary(run_dir)
     assert result["world_size"] == 2 and result["completed"]
+
+
+def test_multi_node_script_under_slurm_preempts_and_requeues(cluster, tmp_path):
+    """multi_node.sbatch on this one-node cluster: srun, head node from the allocation, signals to the steps."""
+    run_dir = tmp_path / "run"
+    log = tmp_path / "multi.out"
+    job_id = cluster.sbatch(f"--chdir={ROOT}", f"--output={log}", "--export=ALL", "--nodes=1", str(ROOT / "slurm" / "multi_node.sbatch"),
+                            *DIGITS[1:], "trainer.epochs=12", "trainer.preemption_check_steps=2",
+                            env={**JOB_ENV, "NPROC_PER_NODE": "2", "RUN_DIR": str(run_dir)})  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().strip()):
+        assert time.monotonic() < deadline, log.read_text()[-3000:] if log.exists() else "no log"
+        time.sleep(0.2)
+    cluster.scancel("--batch", "--signal=USR1", job_id)
+    info = cluster.wait(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout=300)
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", text[-3000:]
+    assert "head " in text and "requeueing job" in text
+    result = summary(run_dir)
+    assert result["completed"] and result["resumed"] and result["world_size"] == 2
+    assert [r["epoch"] for r in history(run_dir)] == list(range(1, 13))
