@@ -96,3 +96,11 @@ def test_terminal_shows_the_live_display(digits_args, tmp_path):
     assert "superconverge" in screen and "world_size" in screen  # the start banner
     assert "finished" in screen and "test acc" in screen  # the summary panel
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["completed"]
+
+
+def test_unreachable_wandb_server_never_stops_training(digits_args, tmp_path):
+    env = {**OFFLINE, "WANDB_API_KEY": "a" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "10"}
+    proc = run(digits_args("trainer.epochs=1"), env=env)
+    assert "W&B could not start" in proc.stderr and "training goes on" in proc.stderr
+    info = summary(tmp_path / "run")
+    assert info["completed"] and info["wandb_mode"] == "disabled"

@@ -59,3 +59,31 @@ def test_early_stopping_is_off_by_default(digits_args, tmp_path):
     run(digits_args("trainer.epochs=3", "trainer.early_stopping.min_delta=100"))
     info = summary(tmp_path / "run")
     assert not info["stopped_early"] and info["epochs_completed"] == 3
+
+
+REQUIRED_SUMMARY = {"world_size", "global_batch_size", "max_lr", "optimizer_steps", "final_lr", "epochs_completed", "best_val_acc",
+                    "test_acc", "stopped_early", "resumed", "mixed_precision", "wall_seconds", "train_images_per_second",
+                    "lr_policy", "lr_finder_seconds", "wandb_run_id", "wandb_mode"}  # fmt: skip
+
+
+def test_gradient_clipping_is_applied(digits_args, tmp_path):
+    import torch
+    from accelerate.utils import set_seed
+    from safetensors.torch import load_file
+
+    from superconverge.config import load_config
+    from superconverge.models import build_model
+
+    def moved(run_dir, *extra):
+        args = digits_args("trainer.epochs=1", "schedule.max_lr=0.05", "optimizer.name=sgd", "optimizer.weight_decay=0", *extra,
+                           run_dir=run_dir)  # fmt: skip
+        run(args)
+        cfg = load_config(args[1], args[2:])
+        set_seed(cfg.seed)
+        start = build_model(cfg.model, 10, 1).state_dict()
+        end = load_file(str(run_dir / "checkpoints" / "last" / "model.safetensors"))
+        return max(float((end[k] - start[k]).abs().max()) for k in end if start[k].dtype == torch.float32 and "running" not in k)
+
+    assert moved(tmp_path / "clipped", "trainer.grad_clip_norm=1e-9") < 1e-6
+    assert moved(tmp_path / "free") > 1e-3
+    assert set(summary(tmp_path / "free")) >= REQUIRED_SUMMARY

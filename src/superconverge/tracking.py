@@ -114,6 +114,7 @@ def start_tracking(cfg: Config, accelerator: Accelerator) -> Tracking:
         accelerator.init_trackers(wb.project, config=cfg.model_dump(mode="json"), init_kwargs={"wandb": init})
     except Exception as exc:  # noqa: BLE001 - a network or W&B failure never stops training
         warn(f"W&B could not start ({type(exc).__name__}: {exc}); training goes on without it")
+        accelerator.trackers = []  # a half-started tracker would fail again in end_training()
         return Tracking("disabled")
     return Tracking(mode, run_id, accelerator)
 
