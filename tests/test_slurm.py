@@ -35,6 +35,13 @@ def submit(cluster, run_dir, *overrides):
     return job_id, log
 
 
+def wait_for_first_epoch(run_dir, log, limit=180):
+    deadline = time.monotonic() + limit
+    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().strip()):
+        assert time.monotonic() < deadline, log.read_text()[-3000:] if log.exists() else "no log"
+        time.sleep(0.2)
+
+
 def test_single_node_job_completes(cluster, tmp_path):
     job_id, log = submit(cluster, tmp_path / "run", "trainer.epochs=2")
     info = cluster.wait(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout=240)
@@ -47,10 +54,7 @@ def test_single_node_job_completes(cluster, tmp_path):
 def test_preempted_job_requeues_and_resumes_the_same_schedule(cluster, tmp_path):
     run_dir = tmp_path / "run"
     job_id, log = submit(cluster, run_dir, "trainer.epochs=12", "schedule.max_lr=auto", "trainer.preemption_check_steps=2")
-    deadline = time.monotonic() + 180
-    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().strip()):
-        assert time.monotonic() < deadline, log.read_text()[-3000:] if log.exists() else "no log"
-        time.sleep(0.2)
+    wait_for_first_epoch(run_dir, log)
     lr_test = (run_dir / "lr_finder.json").read_text()
     cluster.scancel("--batch", "--signal=USR1", job_id)  # what --signal=B:USR1@120 sends before the time limit
     info = cluster.wait(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout=300)
@@ -97,10 +101,7 @@ def test_multi_node_script_under_slurm_preempts_and_requeues(cluster, tmp_path):
     job_id = cluster.sbatch(f"--chdir={ROOT}", f"--output={log}", "--export=ALL", "--nodes=1", str(ROOT / "slurm" / "multi_node.sbatch"),
                             *DIGITS[1:], "trainer.epochs=12", "trainer.preemption_check_steps=2",
                             env={**JOB_ENV, "NPROC_PER_NODE": "2", "RUN_DIR": str(run_dir)})  # fmt: skip
-    deadline = time.monotonic() + 180
-    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().strip()):
-        assert time.monotonic() < deadline, log.read_text()[-3000:] if log.exists() else "no log"
-        time.sleep(0.2)
+    wait_for_first_epoch(run_dir, log)
     cluster.scancel("--batch", "--signal=USR1", job_id)
     info = cluster.wait(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout=300)
     text = log.read_text()
