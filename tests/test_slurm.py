@@ -42,6 +42,15 @@ def wait_for_first_epoch(run_dir, log, limit=180):
         time.sleep(0.2)
 
 
+def preempt_and_finish(cluster, job_id, log) -> str:
+    """Send what --signal=B:USR1@... sends before the time limit; the job must requeue once and complete."""
+    cluster.scancel("--batch", "--signal=USR1", job_id)
+    info = cluster.wait(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout=300)
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", text[-3000:]
+    return text
+
+
 def test_single_node_job_completes(cluster, tmp_path):
     job_id, log = submit(cluster, tmp_path / "run", "trainer.epochs=2")
     info = cluster.wait(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout=240)
@@ -56,10 +65,7 @@ def test_preempted_job_requeues_and_resumes_the_same_schedule(cluster, tmp_path)
     job_id, log = submit(cluster, run_dir, "trainer.epochs=12", "schedule.max_lr=auto", "trainer.preemption_check_steps=2")
     wait_for_first_epoch(run_dir, log)
     lr_test = (run_dir / "lr_finder.json").read_text()
-    cluster.scancel("--batch", "--signal=USR1", job_id)  # what --signal=B:USR1@120 sends before the time limit
-    info = cluster.wait(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout=300)
-    text = log.read_text()
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", text[-3000:]
+    text = preempt_and_finish(cluster, job_id, log)
     assert "requeueing job" in text and "restart 1: 2 processes" in text
     result = summary(run_dir)
     assert result["completed"] and result["resumed"] and result["times_resumed"] == 1
@@ -102,10 +108,7 @@ def test_multi_node_script_under_slurm_preempts_and_requeues(cluster, tmp_path):
                             *DIGITS[1:], "trainer.epochs=12", "trainer.preemption_check_steps=2",
                             env={**JOB_ENV, "NPROC_PER_NODE": "2", "RUN_DIR": str(run_dir)})  # fmt: skip
     wait_for_first_epoch(run_dir, log)
-    cluster.scancel("--batch", "--signal=USR1", job_id)
-    info = cluster.wait(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout=300)
-    text = log.read_text()
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", text[-3000:]
+    text = preempt_and_finish(cluster, job_id, log)
     assert "head " in text and "requeueing job" in text
     result = summary(run_dir)
     assert result["completed"] and result["resumed"] and result["world_size"] == 2
