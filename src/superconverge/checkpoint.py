@@ -94,7 +94,7 @@ def validate_checkpoint(path: Path) -> dict:
             list(handle.keys())
         for name in sorted(os.listdir(path)):
             if name.endswith((".bin", ".pkl", ".pt")):
-                weights_only_load(path / name, map_location="cpu")  # torch.load(weights_only=True) + numpy RNG types
+                weights_only_load(path / name, map_location="cpu", mmap=True)  # weights_only + numpy RNG types; lazy
     except Exception as exc:  # noqa: BLE001 - any failure means the checkpoint cannot be used
         raise CheckpointError(
             f"checkpoint {path} is corrupt or incomplete ({type(exc).__name__}: {exc}). Delete it or set trainer.resume=none."

@@ -64,10 +64,10 @@ def make_accelerator(cfg: Config) -> Accelerator:
     )
 
 
-def prepare_inputs(argv: list[str] | None):
+def prepare_inputs(argv: list[str] | None, forced: tuple[str, ...] = ()):
     """Config, data, model and resume point, validated identically on every rank."""
     args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*args.overrides, *forced])
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
     resume_from = resolve_resume(cfg.trainer.resume, Path(cfg.output_dir))
@@ -106,7 +106,7 @@ def run_facts(cfg: Config, accelerator: Accelerator, data, model, tracking: Trac
         "world_size": accelerator.num_processes,
         "device": accelerator.device.type,
         "precision": accelerator.mixed_precision,
-        "global_batch": cfg.data.batch_size * accelerator.num_processes * cfg.trainer.grad_accum_steps,
+        "global_batch": cfg.global_batch_size(accelerator.num_processes),
         "data": f"{cfg.data.name} train/val/test={sizes}",
         "model": f"{cfg.model.name} params={sum(p.numel() for p in model.parameters())}",
         "max_lr": cfg.schedule.max_lr,
@@ -133,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 def lr_find_main(argv: list[str] | None = None) -> int:
     """Run only the range test for a config (same code path, distributed too) and print the suggestions."""
     try:
-        args = parse_args(argv)
-        cfg = load_config(args.config, [*args.overrides, "schedule.max_lr=auto", "trainer.resume=none"])
-        data = build_data(cfg.data)
-        set_seed(cfg.seed)
-        model = build_model(cfg.model, data.num_classes, data.in_channels)
+        cfg, data, model, _, _ = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
         accelerator = make_accelerator(cfg)
         open_run_dir(cfg, accelerator)
         find_max_lr(cfg, accelerator, data, model, RunConsole(cfg.console, accelerator.is_main_process))

@@ -164,6 +164,10 @@ class Config(Section):
     console: ConsoleConfig = ConsoleConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    def global_batch_size(self, world_size: int) -> int:
+        """Images per optimizer step: per-process batch x processes x accumulation."""
+        return self.data.batch_size * world_size * self.trainer.grad_accum_steps
+
 
 def _key_of(loc: tuple) -> str:
     """The dotted config key of an error location, without pydantic's union-member tags."""

@@ -50,15 +50,19 @@ class RunConsole:
             (self.progress.console if self.progress else self.console).print(*items)
 
     def banner(self, facts: dict) -> None:
+        self._facts("superconverge", "start", facts)
+
+    def _facts(self, title: str, plain_prefix: str, facts: dict) -> None:
+        """A panel in a terminal; one ``key=value`` line elsewhere."""
         if not self.enabled:
             return
         if self.live:
             grid = Table.grid(padding=(0, 2))
             for key, value in facts.items():
                 grid.add_row(f"[bold]{key}[/]", str(value))
-            self.print(Panel(grid, title="superconverge", expand=False))
+            self.print(Panel(grid, title=title, expand=False))
         else:
-            self.line("start " + " ".join(f"{k.replace(' ', '_')}={v}" for k, v in facts.items()))
+            self.line(plain_prefix + " " + " ".join(f"{k.replace(' ', '_')}={v}" for k, v in facts.items()))
 
     def line(self, text: str) -> None:
         self.print(f"{datetime.now().isoformat(timespec='seconds')} {text}")
@@ -135,12 +139,5 @@ class RunConsole:
             "run directory": summary["run_dir"],
             "W&B": tracking,
         }
-        if self.live:
-            grid = Table.grid(padding=(0, 2))
-            for key, value in facts.items():
-                grid.add_row(f"[bold]{key}[/]", str(value))
-            title = "finished" if summary["completed"] else "stopped (resume with the same command)"
-            self.console.print(Panel(grid, title=title, expand=False))
-        else:
-            state = "finished" if summary["completed"] else "stopped"
-            self.line(state + " " + " ".join(f"{k.replace(' ', '_')}={v}" for k, v in facts.items()))
+        title = "finished" if summary["completed"] else "stopped (resume with the same command)"
+        self._facts(title, "finished" if summary["completed"] else "stopped", facts)

@@ -158,7 +158,7 @@ def run_range_test(cfg: Config, data: DataBundle, model: nn.Module, optimizer: t
                    world_size: int, mixed_precision: str, progress: Callable[[int], None] | None = None) -> RangeTestResult:  # fmt: skip
     """torch-lr-finder at the global batch: per-device batches, accumulated over world size x accumulation."""
     finder_cfg = cfg.lr_finder
-    accumulation = world_size * cfg.trainer.grad_accum_steps
+    accumulation = world_size * cfg.trainer.grad_accum_steps  # per-device batches per optimizer step
     loader = DataLoader(data.train, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers,
                         generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
     batches = _TrainingBatches(loader, data.train_transform, device, cfg.seed, cfg.trainer.channels_last, progress)
@@ -182,7 +182,7 @@ def run_range_test(cfg: Config, data: DataBundle, model: nn.Module, optimizer: t
     finder.reset()  # model and optimizer back to their state before the test
     result = RangeTestResult(
         lrs=lrs, losses=losses, raw_losses=unsmooth(losses, finder_cfg.smooth_f), suggestions={}, policy=finder_cfg.policy,
-        max_lr=float("nan"), effective_batch_size=cfg.data.batch_size * accumulation, accumulation_steps=accumulation,
+        max_lr=float("nan"), effective_batch_size=cfg.global_batch_size(world_size), accumulation_steps=accumulation,
         iterations=len(lrs), batches_seen=batches.batches_seen, stopped_on_divergence=len(lrs) < finder_cfg.num_iter,
         seconds=seconds,
     )  # fmt: skip
@@ -250,14 +250,12 @@ def previous_choice(cfg: Config, world_size: int) -> MaxLRChoice | None:
     if cfg.trainer.resume == "none" or not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    if saved["effective_batch_size"] != cfg.data.batch_size * world_size * cfg.trainer.grad_accum_steps:
+    if saved["effective_batch_size"] != cfg.global_batch_size(world_size):
         return None  # the effective batch changed: the old curve no longer applies
     return MaxLRChoice(saved["max_lr"], "fallback" if saved["fallback_used"] else saved["policy"], saved["seconds"], reused=True)
 
 
-def find_max_lr(
-    cfg: Config, accelerator: Accelerator, data: DataBundle, model: nn.Module, console: RunConsole | None = None
-) -> MaxLRChoice:
+def find_max_lr(cfg: Config, accelerator: Accelerator, data: DataBundle, model: nn.Module, console: RunConsole) -> MaxLRChoice:
     """Run the range test on rank 0 only and give every rank its max_lr (or its error)."""
     if cfg.schedule.max_lr != "auto":
         return MaxLRChoice(float(cfg.schedule.max_lr), "fixed")
@@ -271,20 +269,17 @@ def find_max_lr(
     return MaxLRChoice(**payload)
 
 
-def _main_process_range_test(cfg: Config, accelerator: Accelerator, data: DataBundle, model: nn.Module, console: RunConsole | None) -> dict:
+def _main_process_range_test(cfg: Config, accelerator: Accelerator, data: DataBundle, model: nn.Module, console: RunConsole) -> dict:
     try:
         previous = previous_choice(cfg, accelerator.num_processes)
         if previous is not None:
             return asdict(previous)
         optimizer = build_optimizer(cfg.optimizer, model, lr=cfg.lr_finder.start_lr)  # the trainer builds its own
-        if console is not None:
-            console.start_phase("LR test", cfg.lr_finder.num_iter * accelerator.num_processes * cfg.trainer.grad_accum_steps)
-        progress = console.advance if console is not None else None
+        console.start_phase("LR test", cfg.lr_finder.num_iter * accelerator.num_processes * cfg.trainer.grad_accum_steps)
         result = run_range_test(cfg, data, model, optimizer, accelerator.device, accelerator.num_processes, accelerator.mixed_precision,
-                                progress)  # fmt: skip
-        if console is not None:
-            found = " ".join(f"{name}={lr:.3g}" for name, lr in result.suggestions.items())
-            console.line(f"LR range test {found} chosen={result.policy} max_lr={result.max_lr:.4g} seconds={result.seconds:.1f}")
+                                console.advance)  # fmt: skip
+        found = " ".join(f"{name}={lr:.3g}" for name, lr in result.suggestions.items())
+        console.line(f"LR range test {found} chosen={result.policy} max_lr={result.max_lr:.4g} seconds={result.seconds:.1f}")
         write_artifacts(result, Path(cfg.output_dir))
         if result.fallback_used:
             print(f"WARNING: {result.error}. Using lr_finder.fallback_max_lr={result.max_lr:g} instead.", file=sys.stderr, flush=True)

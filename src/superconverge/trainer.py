@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -190,6 +191,7 @@ class Trainer:
             return
         state = self.state
 
+        @functools.cache
         def stats() -> dict:
             seen = (state.batches_done - first_batch) * self.cfg.data.batch_size * self.accelerator.num_processes
             loss_sum, _, count = (totals.local + totals.shared).tolist()
@@ -212,11 +214,13 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         done = self.state.optimizer_steps
-        if done < self.state.total_steps and self.preemption.agreed(done):
+        if done >= self.state.total_steps:
+            return False  # the last step: the run ends normally
+        if self.preemption.agreed(done):
             self.preempted = True
             return True
         limit = self.cfg.trainer.stop_after_steps
-        return limit is not None and done - self._steps_at_start >= limit and done < self.state.total_steps
+        return limit is not None and done - self._steps_at_start >= limit
 
     def _bank_train_time(self, began: float, totals: SplitTotals) -> None:
         """Fold device totals into the resumable state (one small collective)."""
@@ -303,7 +307,7 @@ class Trainer:
             "completed": completed,
             "preempted": self.preempted,
             "world_size": self.accelerator.num_processes,
-            "global_batch_size": self.cfg.data.batch_size * self.accelerator.num_processes * self.cfg.trainer.grad_accum_steps,
+            "global_batch_size": self.cfg.global_batch_size(self.accelerator.num_processes),
             "max_lr": state.max_lr,
             "lr_policy": state.lr_policy,
             "lr_finder_seconds": round(state.lr_finder_seconds, 3),
