@@ -30,15 +30,16 @@ data:
 train: setup
 	$(VENV)/bin/accelerate launch $(LAUNCH) train.py --config $(CONFIG) $(ARGS)
 
-# The SLURM tests start a real single-node cluster from Debian's packages (root only).
+# The SLURM tests start a real single-node cluster from Debian's packages; the compile test
+# needs a C++ compiler for inductor's CPU kernels (root only; without them those tests skip).
+TEST_PACKAGES = slurmctld slurmd slurm-client munge g++
 test-deps:
-	@if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then \
-		echo "SLURM: found"; \
+	@if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && command -v g++ >/dev/null; then \
+		echo "SLURM and g++: found"; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-			slurmctld slurmd slurm-client munge) >/dev/null; \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(TEST_PACKAGES)) >/dev/null; \
 	else \
-		echo "SLURM: not installed and not root: the SLURM tests will be skipped"; \
+		echo "SLURM or g++: not installed and not root: the SLURM and compile tests will be skipped"; \
 	fi
 
 test: setup test-deps

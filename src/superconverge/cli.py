@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin, set_seed
 
 from superconverge.checkpoint import REQUEUE_EXIT_CODE, resolve_resume, validate_checkpoint
 from superconverge.config import Config, load_config, save_config
@@ -48,12 +49,18 @@ def resumed_choice(resume_state: dict | None) -> MaxLRChoice | None:
     return MaxLRChoice(float(resume_state["max_lr"]), resume_state["lr_policy"], resume_state["lr_finder_seconds"], reused=True)
 
 
+def uses_cpu(cfg: Config) -> bool:
+    return cfg.trainer.cpu if cfg.trainer.cpu is not None else not torch.cuda.is_available()
+
+
 def make_accelerator(cfg: Config) -> Accelerator:
-    # Accelerate forms a gloo process group only when told to use the CPU; without this a
-    # CPU-only `--multi_gpu --num_processes 2` launch would start two independent runs.
-    cpu = cfg.trainer.cpu if cfg.trainer.cpu is not None else not torch.cuda.is_available()
+    # The config decides compilation, not `accelerate launch --dynamo_backend`, so a run is reproducible from its config.yaml.
+    dynamo = TorchDynamoPlugin(backend="inductor" if cfg.trainer.compile else "no", mode=cfg.trainer.compile_mode)
     return Accelerator(
-        cpu=cpu,
+        # Accelerate forms a gloo process group only when told to use the CPU; without this a
+        # CPU-only `--multi_gpu --num_processes 2` launch would start two independent runs.
+        cpu=uses_cpu(cfg),
+        dynamo_plugin=dynamo,
         log_with="wandb" if wants_wandb(cfg) else None,
         project_dir=str(cfg.output_dir),
         mixed_precision=cfg.trainer.mixed_precision,
@@ -70,12 +77,20 @@ def prepare_inputs(argv: list[str] | None, forced: tuple[str, ...] = ()):
     cfg = load_config(args.config, [*args.overrides, *forced])
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
+    check_compiler(cfg)
     resume_from = resolve_resume(cfg.trainer.resume, Path(cfg.output_dir))
     resume_state = validate_checkpoint(resume_from) if resume_from else None
     data = build_data(cfg.data)
     set_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes, data.in_channels)
     return cfg, data, model, resume_from, resume_state
+
+
+def check_compiler(cfg: Config) -> None:
+    """Inductor builds C++ kernels on the CPU; without a compiler it fails only at the first step."""
+    compilers = (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")
+    if cfg.trainer.compile and uses_cpu(cfg) and not any(shutil.which(cxx) for cxx in compilers):
+        raise UserError("trainer.compile=true on the CPU needs a C++ compiler: apt-get install g++, or set trainer.compile=false")
 
 
 def open_run_dir(cfg: Config, accelerator: Accelerator) -> None:
@@ -106,6 +121,8 @@ def run_facts(cfg: Config, accelerator: Accelerator, data, model, tracking: Trac
         "world_size": accelerator.num_processes,
         "device": accelerator.device.type,
         "precision": accelerator.mixed_precision,
+        "compile": cfg.trainer.compile_mode if cfg.trainer.compile else "off",
+        "channels_last": cfg.trainer.channels_last,
         "global_batch": cfg.global_batch_size(accelerator.num_processes),
         "data": f"{cfg.data.name} train/val/test={sizes}",
         "model": f"{cfg.model.name} params={sum(p.numel() for p in model.parameters())}",

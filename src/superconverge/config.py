@@ -120,7 +120,9 @@ class TrainerConfig(Section):
     stop_after_epochs: PositiveInt | None = None  # end this invocation (checkpointed) after N epochs
     stop_after_steps: PositiveInt | None = None  # ... or after N optimizer steps; a rerun resumes
     cpu: bool | None = None
-    channels_last: bool = False
+    channels_last: bool = False  # NHWC activations: faster convolutions with cuDNN and oneDNN
+    compile: bool = False  # torch.compile the prepared model through Accelerate (inductor)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     deterministic: bool = False
     preemption_check_steps: PositiveInt = 10  # how often ranks agree on a SIGUSR1/SIGTERM (one all-reduce)
     collective_timeout_minutes: PositiveInt = 120  # ranks wait this long for rank 0's range test

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import is_compiled_module, set_seed
 from torch.utils.data import DataLoader
 
 from superconverge.checkpoint import STATE_FILE, CheckpointError, CheckpointStore, PreemptionWatch, load_model_weights
@@ -295,7 +295,7 @@ class Trainer:
         best = self.store.link("best") or self.store.link("last")
         if self.test_loader is None or best is None:
             return None
-        load_model_weights(self.accelerator.unwrap_model(self.model), best)
+        load_model_weights(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), best)
         return self.evaluate(self.test_loader, "test")[1]
 
     def _finish(self, completed: bool) -> dict:
@@ -322,6 +322,8 @@ class Trainer:
             "resumed": state.resumed > 0,
             "times_resumed": state.resumed,
             "mixed_precision": self.accelerator.mixed_precision,
+            "compiled": is_compiled_module(self.model),
+            "channels_last": self.cfg.trainer.channels_last,
             "device": self.accelerator.device.type,
             "wall_seconds": round(state.wall_seconds, 3),
             "train_images_per_second": state.train_images / state.train_seconds if state.train_seconds else None,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
+from accelerate.utils import is_compiled_module
 
 from superconverge.cli import build_trainer
 
@@ -23,14 +24,16 @@ def main() -> None:
     flat = torch.cat([p.detach().float().flatten() for p in accelerator.unwrap_model(trainer.model).parameters()])
     everyone = accelerator.gather(flat.unsqueeze(0))
     images = trainer._normalize(next(iter(trainer.val_loader))[0])
-    trainer.model.eval()
+    # The plain module (Accelerate's autocast is patched into its forward): a hook would make a compiled model recompile.
+    plain = accelerator.unwrap_model(trainer.model, keep_torch_compile=False).eval()
     # Accelerate casts the outputs back to fp32; the dtype inside the network shows autocast at work.
     seen = []
-    first_conv = next(m for m in accelerator.unwrap_model(trainer.model).modules() if isinstance(m, torch.nn.Conv2d))
-    hook = first_conv.register_forward_hook(lambda module, inputs, output: seen.append(str(output.dtype)))
+    first_conv = next(m for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = first_conv.register_forward_hook(lambda module, inputs, output: seen.append(output))
     with torch.no_grad():
-        trainer.model(images)
+        plain(trainer._layout(images))
     hook.remove()
+    conv_output = seen[0]
     report = {
         "rank": accelerator.process_index,
         "world_size": accelerator.num_processes,
@@ -38,7 +41,10 @@ def main() -> None:
         "param_sum": float(flat.double().sum()),
         "max_lr": trainer.state.max_lr,
         "mixed_precision": accelerator.mixed_precision,
-        "conv_output_dtype": seen[0],
+        "conv_output_dtype": str(conv_output.dtype),
+        # The output: a 1-channel input is trivially contiguous in both layouts.
+        "conv_output_channels_last": conv_output.is_contiguous(memory_format=torch.channels_last),
+        "compiled": is_compiled_module(trainer.model),
         "optimizer_steps": summary["optimizer_steps"],
     }
     report_dir.mkdir(parents=True, exist_ok=True)
