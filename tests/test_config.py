@@ -67,3 +67,12 @@ def test_blog_reproduction_config_turns_early_stopping_on():
 
 def test_default_config_is_the_fashion_mnist_job():
     assert Path(ROOT / "configs" / "fashion_mnist.yaml").is_file()
+
+
+def test_bare_no_means_no_mixed_precision(tmp_path):
+    # YAML and OmegaConf read `no` as false; the key's own word must still work, in a file and on the command line.
+    assert load_config(None, ["trainer.mixed_precision=no"]).trainer.mixed_precision == "no"
+    (tmp_path / "plain.yaml").write_text("trainer:\n  mixed_precision: no\n")
+    assert load_config(tmp_path / "plain.yaml").trainer.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="trainer.mixed_precision"):
+        load_config(None, ["trainer.mixed_precision=yes"])

@@ -93,7 +93,7 @@ class LRFinderConfig(Section):
     diverge_th: Annotated[float, Field(gt=1)] = 5.0
     skip_start: Annotated[int, Field(ge=0)] = 10
     skip_end: Annotated[int, Field(ge=0)] = 5
-    policy: Literal["steepest", "valley", "minimum"] = "valley"
+    policy: Literal["steepest", "valley", "minimum"] = "steepest"  # best worst-case regret in benchmarks/lr_policies.py
     fallback_max_lr: PositiveFloat | None = None
 
     @model_validator(mode="after")
@@ -126,6 +126,12 @@ class TrainerConfig(Section):
     deterministic: bool = False
     preemption_check_steps: PositiveInt = 10  # how often ranks agree on a SIGUSR1/SIGTERM (one all-reduce)
     collective_timeout_minutes: PositiveInt = 120  # ranks wait this long for rank 0's range test
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_is_not_false(cls, value):
+        # YAML and OmegaConf read a bare `no` as false: `trainer.mixed_precision=no` means "no".
+        return "no" if value is False else value
 
     @field_validator("resume")
     @classmethod

@@ -1,7 +1,7 @@
 """Datasets by name, offline-first, with train-only augmentation and a seeded validation split.
 
-Small datasets (digits, MNIST, Fashion-MNIST, CIFAR) are decoded once into a uint8 tensor and
-augmented with torchvision's tensor transforms; folders of images and FakeData go through PIL.
+Small datasets (digits, MNIST, Fashion-MNIST, CIFAR, FakeData) are decoded once into a uint8 tensor
+and augmented a whole batch at a time; folders of images go through PIL, image by image.
 """
 
 from __future__ import annotations
@@ -197,7 +197,22 @@ def _load_digits(train: bool) -> RawImages:
     return RawImages(images[rows].contiguous(), labels[rows].contiguous())
 
 
+def _load_fake(cfg: DataConfig, train: bool) -> RawImages:
+    """Random images and labels (like torchvision's FakeData: no download, for speed tests and smoke runs).
+
+    Drawn in one call: FakeData seeds and converts each image through PIL, ~1 ms an image.
+    """
+    size = cfg.fake_image_size
+    count = cfg.fake_train_size if train else max(1, cfg.fake_train_size // 5)
+    generator = torch.Generator().manual_seed(cfg.split_seed + (0 if train else 10**6))
+    images = torch.randint(0, 256, (count, 3, size, size), generator=generator, dtype=torch.uint8)
+    labels = torch.randperm(count, generator=generator) % 10  # every class present from 10 images up
+    return RawImages(images, labels)
+
+
 def _load_raw(cfg: DataConfig, train: bool) -> RawImages:
+    if cfg.name == "fake":
+        return _load_fake(cfg, train)
     if cfg.name in ("mnist", "fashion_mnist"):
         return _load_mnist_like(cfg, train)
     if cfg.name in ("cifar10", "cifar100"):
@@ -272,23 +287,16 @@ def _image_folder(path: Path) -> datasets.ImageFolder:
 
 def _pil_bundle(cfg: DataConfig, seed: int) -> DataBundle:
     root = Path(cfg.root)
-    if cfg.name == "fake":
-        size = cfg.fake_image_size
-        shape = (3, size, size)
-        full = datasets.FakeData(size=cfg.fake_train_size, image_size=shape, num_classes=10, random_offset=seed)
-        test = datasets.FakeData(size=max(1, cfg.fake_train_size // 5), image_size=shape, num_classes=10, random_offset=seed + 10**6)
-        val_dir_set = None
-    else:
-        has_splits = (root / "train").is_dir()
-        full = _image_folder(root / "train" if has_splits else root)
-        val_dir = next((root / n for n in ("val", "valid", "validation") if (root / n).is_dir()), None) if has_splits else None
-        val_dir_set = _image_folder(val_dir) if val_dir else None
-        test = _image_folder(root / "test") if has_splits and (root / "test").is_dir() else None
-        size = cfg.image_size or 224
+    has_splits = (root / "train").is_dir()
+    full = _image_folder(root / "train" if has_splits else root)
+    val_dir = next((root / n for n in ("val", "valid", "validation") if (root / n).is_dir()), None) if has_splits else None
+    val_dir_set = _image_folder(val_dir) if val_dir else None
+    test = _image_folder(root / "test") if has_splits and (root / "test").is_dir() else None
+    size = cfg.image_size or 224
     n_train = min(len(full), cfg.limit_train or len(full))
     train_idx, val_idx = _split_indices(n_train, 0.0 if val_dir_set else cfg.val_fraction, seed)
     channels = 3
-    mean, std = _stats(cfg, None, channels) if cfg.name == "imagefolder" else ((0.5,) * 3, (0.5,) * 3)
+    mean, std = _stats(cfg, None, channels)
     sized = cfg.model_copy(update={"image_size": size})
     train_tf, eval_tf = _transforms(sized, size, mean, std, True, from_pil=True)
     if val_dir_set is not None:
@@ -296,13 +304,12 @@ def _pil_bundle(cfg: DataConfig, seed: int) -> DataBundle:
     else:
         val = TransformedSubset(full, val_idx, eval_tf) if val_idx else None
     test_ds = TransformedSubset(test, list(range(len(test))), eval_tf) if test is not None else None
-    num_classes = 10 if cfg.name == "fake" else len(full.classes)
-    return DataBundle(TransformedSubset(full, train_idx, train_tf), val, test_ds, num_classes, channels, size)
+    return DataBundle(TransformedSubset(full, train_idx, train_tf), val, test_ds, len(full.classes), channels, size)
 
 
 def build_data(cfg: DataConfig) -> DataBundle:
     """Resolve the configured data set offline-first; raise DataError with a fix if it is missing."""
-    bundle = _pil_bundle(cfg, cfg.split_seed) if cfg.name in ("imagefolder", "fake") else _tensor_bundle(cfg, cfg.split_seed)
+    bundle = _pil_bundle(cfg, cfg.split_seed) if cfg.name == "imagefolder" else _tensor_bundle(cfg, cfg.split_seed)
     if len(bundle.train) == 0:
         raise DataError(f"data set '{cfg.name}' has no training images after the validation split")
     return bundle

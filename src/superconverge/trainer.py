@@ -126,6 +126,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> bool:
         """Run the rest of an epoch; return False if the run must stop here (checkpoint saved)."""
         acc, state, trainer = self.accelerator, self.state, self.cfg.trainer
+        self._epoch_marks = (state.train_seconds, state.train_images)
         self.train_loader.set_epoch(epoch)
         loader = self.train_loader
         if state.batches_done:
@@ -265,7 +266,8 @@ class Trainer:
         state.epoch += 1
         state.batches_done, state.train_totals = 0, [0.0, 0.0, 0.0]
         state.stopped_early = self.stopper.should_stop and state.epoch < self.epochs
-        record.update(best=improved, seconds=round(time.perf_counter() - self._epoch_began, 3))
+        seconds, images = state.train_seconds - self._epoch_marks[0], state.train_images - self._epoch_marks[1]
+        record.update(best=improved, seconds=round(time.perf_counter() - self._epoch_began, 3), train_images_per_second=images / seconds)
         state.history.append(record)
         self._save(["last", "best"] if improved else ["last"])
         self._append_history(record)
