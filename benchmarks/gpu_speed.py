@@ -5,7 +5,8 @@ the product (train.py, one process) and by benchmarks/bare_loop.py with the same
 LR range test's seconds. Throughput is the last epoch's training images/s (after compilation and
 warm-up); "whole run" includes the first epoch's compilation. Run through benchmarks/gpu.sh.
 Sizes come from the environment so the same script can be checked on a CPU in seconds:
-GPU_BENCH_IMAGES (default 25000), GPU_BENCH_EPOCHS (3), GPU_BENCH_BATCH (512), GPU_BENCH_WORKERS (8).
+GPU_BENCH_IMAGES (default 25000), GPU_BENCH_EPOCHS (3), GPU_BENCH_BATCH (512), GPU_BENCH_WORKERS (8),
+GPU_BENCH_MODEL (resnet9).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ IMAGES = int(os.environ.get("GPU_BENCH_IMAGES", 25000))
 EPOCHS = int(os.environ.get("GPU_BENCH_EPOCHS", 3))
 BATCH = int(os.environ.get("GPU_BENCH_BATCH", 512))
 WORKERS = int(os.environ.get("GPU_BENCH_WORKERS", 8))
+MODEL = os.environ.get("GPU_BENCH_MODEL", "resnet9")
 MAX_LR = 0.1
 COMMON = ["--config", "configs/cifar10_resnet9.yaml", "data.name=fake", f"data.fake_train_size={IMAGES}", f"data.batch_size={BATCH}",
-          f"data.num_workers={WORKERS}", f"trainer.epochs={EPOCHS}"]  # fmt: skip
+          f"data.num_workers={WORKERS}", f"trainer.epochs={EPOCHS}", f"model.name={MODEL}"]  # fmt: skip
 BF16 = ["trainer.mixed_precision=bf16"]
 VARIANTS = {
     "fp32": ["trainer.mixed_precision=no"],
@@ -87,7 +89,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     found = range_test()
     lines = [
-        "# GPU speed: resnet9 on CIFAR-shaped random data",
+        f"# GPU speed: {MODEL} on CIFAR-shaped random data",
         "",
         machine_header(),
         "",

@@ -68,7 +68,7 @@ def growth() -> list[str]:
             per_iteration = found["seconds"] / found["iterations"]
             rows.append(
                 f"| {world_size} | {found['effective_batch_size']} | {num_iter} | {found['iterations']} | {found['seconds']:.1f} | "
-                f"{1000 * per_iteration:.0f} | {wall:.1f} | {found['suggestions']['valley']:.2e} |"
+                f"{1000 * per_iteration:.0f} | {wall:.1f} | {found['max_lr']:.2e} ({found['policy']}) |"
             )
             print(rows[-1], flush=True)
     return [
@@ -76,7 +76,7 @@ def growth() -> list[str]:
         "",
         "Iterations done < num_iter when the loss diverged first (the test stops there).",
         "",
-        "| world size | effective batch | num_iter | iterations done | range test s | ms per iteration | whole command s | valley |",
+        "| world size | effective batch | num_iter | iterations done | range test s | ms per iteration | whole command s | chosen max_lr |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
