@@ -17,10 +17,11 @@ trap 'forward_signal TERM' TERM
 
 wait_and_requeue() {
   TRAIN_PID=$1
-  local status=0
   while kill -0 "$TRAIN_PID" 2>/dev/null; do
-    wait "$TRAIN_PID"; status=$?   # returns early (>128) when a trapped signal arrives
+    wait "$TRAIN_PID"   # returns early (>128) when a trapped signal arrives
   done
+  wait "$TRAIN_PID"   # its own exit status (bash keeps it), not that of an interrupted wait
+  local status=$?
   # Only this job's own summary counts (a stale one from an earlier chunk must not requeue a crash).
   if python -c "import json, os, sys; p = sys.argv[1]; sys.exit(0 if os.path.getmtime(p) >= float(sys.argv[2]) and json.load(open(p)).get('preempted') else 1)" \
       "$RUN_DIR/summary.json" "$STARTED" 2>/dev/null; then
