@@ -7,7 +7,9 @@ import io
 import json
 import os
 import platform
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +29,21 @@ def machine_header() -> str:
         f"Machine: {cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}, accelerate {accelerate.__version__}."
     )
+
+
+# `accelerate launch` for one CPU process, without a config file.
+LAUNCH_ONE_CPU = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+                  "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+
+
+def timed(command: list[str], **env: str) -> float:
+    """Seconds a whole command took from the repository root; never with the user's W&B key (no uploads)."""
+    clean = {key: value for key, value in os.environ.items() if key != "WANDB_API_KEY"}
+    started = time.perf_counter()
+    proc = subprocess.run(command, cwd=ROOT, env={**clean, **env}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - started
 
 
 def run_in_process(entry: str, argv: list[str]) -> int:

@@ -14,13 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, SCRATCH, machine_header, read_json  # noqa: E402
+from common import RESULTS, ROOT, SCRATCH, machine_header, read_json, timed  # noqa: E402
 
 IMAGES = int(os.environ.get("GPU_BENCH_IMAGES", 25000))
 EPOCHS = int(os.environ.get("GPU_BENCH_EPOCHS", 3))
@@ -41,12 +39,7 @@ WORK = SCRATCH / "gpu_speed"
 
 
 def call(command: list[str]) -> float:
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT / "src")}
-    started = time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - started
+    return timed(command, WANDB_MODE="disabled", PYTHONPATH=str(ROOT / "src"))
 
 
 def product(name: str, overrides: list[str]) -> dict:

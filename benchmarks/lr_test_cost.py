@@ -8,15 +8,12 @@ iteration) while the other ranks wait, so its cost grows with num_iter x world s
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, SCRATCH, machine_header, read_json  # noqa: E402
+from common import LAUNCH_ONE_CPU, RESULTS, SCRATCH, machine_header, read_json, timed  # noqa: E402
 
 CONFIG = "configs/fashion_mnist.yaml"
 NUM_ITERS = (50, 100, 200, 400)
@@ -26,17 +23,10 @@ WORK = SCRATCH / "lr_test_cost"
 
 def launch(world_size: int, script: str, *args: str) -> float:
     """Seconds the whole command took; a 2-process job is one gloo group (launch/cpu.yaml)."""
-    if world_size == 1:
-        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-                  "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
-    else:
-        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/cpu.yaml"]
-        prefix += ["--num_processes", str(world_size)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    env.pop("WANDB_API_KEY", None)
-    started = time.perf_counter()
-    subprocess.run([*prefix, script, "--config", CONFIG, *args], cwd=ROOT, env=env, check=True, capture_output=True)
-    return time.perf_counter() - started
+    prefix = (
+        LAUNCH_ONE_CPU if world_size == 1 else [*LAUNCH_ONE_CPU[:3], "--config_file", "launch/cpu.yaml", "--num_processes", str(world_size)]
+    )
+    return timed([*prefix, script, "--config", CONFIG, *args], OMP_NUM_THREADS="1", WANDB_MODE="offline")
 
 
 def default_run() -> list[str]:

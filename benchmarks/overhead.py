@@ -16,14 +16,12 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, SCRATCH, machine_header, read_json  # noqa: E402
+from common import LAUNCH_ONE_CPU, RESULTS, SCRATCH, machine_header, read_json, timed  # noqa: E402
 
 CONFIG = "configs/fashion_mnist.yaml"
 MAX_LR = 0.01
@@ -35,7 +33,7 @@ def product(epochs: int, index: int, prefix: list[str]) -> tuple[float, dict]:
     shutil.rmtree(run_dir, ignore_errors=True)
     command = [sys.executable, "train.py", "--config", CONFIG, f"output_dir={run_dir}", f"trainer.epochs={epochs}",
                f"schedule.max_lr={MAX_LR}", "trainer.resume=none", "console.mode=plain", "tracking.wandb.mode=offline"]  # fmt: skip
-    seconds = timed(prefix + command)
+    seconds = timed(prefix + command, WANDB_MODE="offline")
     found = read_json(run_dir / "summary.json")
     assert found["wandb_mode"] == "offline" and found["completed"], found
     return seconds, found
@@ -65,18 +63,7 @@ def launcher_seconds() -> float:
     """`accelerate launch` starting a script that does nothing: its fixed cost on top of `python`."""
     noop = WORK / "noop.py"
     noop.write_text("")
-    return timed([*LAUNCH, str(noop)]) - timed([sys.executable, str(noop)])
-
-
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
-
-
-def timed(command: list[str]) -> float:
-    env = {key: value for key, value in os.environ.items() if key != "WANDB_API_KEY"}
-    started = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, env={**env, "WANDB_MODE": "offline"}, check=True, capture_output=True)
-    return time.perf_counter() - started
+    return timed([*LAUNCH_ONE_CPU, str(noop)]) - timed([sys.executable, str(noop)])
 
 
 def measure(pair, pairs: int, epochs: int) -> tuple[list[str], float, float]:

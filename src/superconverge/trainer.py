@@ -267,7 +267,8 @@ class Trainer:
         state.batches_done, state.train_totals = 0, [0.0, 0.0, 0.0]
         state.stopped_early = self.stopper.should_stop and state.epoch < self.epochs
         seconds, images = state.train_seconds - self._epoch_marks[0], state.train_images - self._epoch_marks[1]
-        record.update(best=improved, seconds=round(time.perf_counter() - self._epoch_began, 3), train_images_per_second=images / seconds)
+        speed = images / seconds if seconds else None
+        record.update(best=improved, seconds=round(time.perf_counter() - self._epoch_began, 3), train_images_per_second=speed)
         state.history.append(record)
         self._save(["last", "best"] if improved else ["last"])
         self._append_history(record)
