@@ -1,59 +1,71 @@
-"""The LR range test: rank 0 at the global batch, max_lr broadcast, restored state, once per run."""
+"""The LR range test: spread over every rank at the global batch, max_lr from rank 0, restored state, once per run."""
 
-import copy
 import json
 import time
 
 import pytest
-import torch
 from conftest import ROOT, run, summary
 
-WORKER = "tests/workers/report_worker.py"
-FAST = ["schedule.max_lr=auto", "lr_finder.num_iter=40", "lr_finder.skip_start=4", "lr_finder.skip_end=2", "lr_finder.end_lr=1"]
+REPORT = "tests/workers/report_worker.py"
+RANGE_TEST = "tests/workers/range_test_worker.py"
+FAST = ["schedule.max_lr=auto", "lr_finder.num_iter=40", "lr_finder.skip_start=4", "lr_finder.skip_end=2", "lr_finder.start_lr=1e-5",
+        "lr_finder.end_lr=1"]  # fmt: skip
 
 
-def test_two_ranks_use_rank_zeros_max_lr_at_the_global_batch(digits_args, tmp_path):
+def reports(folder) -> list[dict]:
+    return [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def two_rank_range_test(tmp_path_factory):
+    """One 2-process range test (per-process batch 32) and the same test on 1 process accumulating 2 batches."""
+    root = tmp_path_factory.mktemp("range_test")
+    common = ["--config", "configs/digits.yaml", *FAST, "data.batch_size=32"]
+    run(["2", str(root / "two"), *common, f"output_dir={root / 'run2'}"], nproc=2, script=RANGE_TEST)
+    run(["1", str(root / "one"), *common, "trainer.grad_accum_steps=2", f"output_dir={root / 'run1'}"], script=RANGE_TEST)
+    return root
+
+
+def test_both_ranks_do_the_work(two_rank_range_test):
+    ranks = reports(two_rank_range_test / "two")
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    iterations = ranks[0]["iterations"]
+    # Every rank pushed one micro-batch per iteration through the DDP model: half the global batch each.
+    assert ranks[0]["batches_per_rank"] == ranks[1]["batches_per_rank"] == [iterations, iterations]
+    assert ranks[0]["max_lr"] == ranks[1]["max_lr"]
+
+
+def test_the_curve_is_the_global_batchs_curve(two_rank_range_test):
+    two = reports(two_rank_range_test / "two")[0]
+    one = json.loads((two_rank_range_test / "one" / "rank0.json").read_text())
+    assert one["batches_per_rank"] == [2 * one["iterations"]]  # one process: both micro-batches of each global batch
+    assert len(two["raw_losses"]) == len(one["raw_losses"]) > 20
+    assert two["raw_losses"] == pytest.approx(one["raw_losses"], rel=1e-5, abs=1e-6)
+    assert two["max_lr"] == pytest.approx(one["max_lr"], rel=1e-6)
+
+
+@pytest.mark.parametrize("where", ["two", "one"])
+def test_weights_come_back_bit_for_bit(two_rank_range_test, where):
+    for report in (
+        reports(two_rank_range_test / "two") if where == "two" else [json.loads((two_rank_range_test / "one" / "rank0.json").read_text())]
+    ):
+        assert report["weights_restored_exactly"] and report["optimizer_params_are_the_model"]
+
+
+def test_two_ranks_train_with_rank_zeros_max_lr(digits_args, tmp_path):
     args = digits_args(*FAST, "data.batch_size=32", "trainer.grad_accum_steps=2", "trainer.epochs=1")
-    run(["2", str(tmp_path / "reports"), *args], nproc=2, script=WORKER)
-    ranks = [json.loads((tmp_path / "reports" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    run(["2", str(tmp_path / "reports"), *args], nproc=2, script=REPORT)
+    ranks = reports(tmp_path / "reports")
     found = json.loads((tmp_path / "run" / "lr_finder.json").read_text())
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert ranks[0]["max_lr"] == ranks[1]["max_lr"] == found["max_lr"] == found["suggestions"][found["policy"]]
-    assert found["effective_batch_size"] == 32 * 2 * 2 and found["accumulation_steps"] == 4
-    assert found["batches_seen"] == found["iterations"] * 4  # each iteration really accumulates 4 batches
-    assert set(found["suggestions"]) == {"steepest", "valley", "minimum"}
-    assert len(found["lrs"]) == len(found["losses"]) == len(found["raw_losses"]) == found["iterations"]
-    for key in ("stopped_on_divergence", "seconds"):
-        assert key in found
+    assert found["effective_batch_size"] == 32 * 2 * 2 and found["accumulation_steps"] == 2 and found["world_size"] == 2
+    assert found["batches_per_rank"] == [len(found["lrs"]) * 2] * 2  # each iteration: 2 micro-batches on each rank
+    assert found["max_lr"] < found["lr_at_minimum"]
     assert (tmp_path / "run" / "lr_finder.png").stat().st_size > 10_000
     info = summary(tmp_path / "run")
     assert info["max_lr"] == found["max_lr"] and info["lr_policy"] == found["policy"] and info["lr_finder_seconds"] > 0
-
-
-def test_model_and_optimizer_are_restored_exactly(tmp_path):
-    from superconverge.config import load_config
-    from superconverge.data import build_data
-    from superconverge.lr_finder import run_range_test
-    from superconverge.models import build_model
-    from superconverge.schedule import build_optimizer
-
-    cfg = load_config(ROOT / "configs" / "digits.yaml", [*FAST, f"output_dir={tmp_path}"])
-    data = build_data(cfg.data)
-    model = build_model(cfg.model, data.num_classes, data.in_channels)
-    optimizer = build_optimizer(cfg.optimizer, model, lr=1e-3)
-    images, labels = next(iter(torch.utils.data.DataLoader(data.train, batch_size=32)))
-    torch.nn.functional.cross_entropy(model(data.eval_transform(images)), labels).backward()
-    optimizer.step()  # some optimizer state worth restoring
-    model_before, optimizer_before = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
-    result = run_range_test(cfg, data, model, optimizer, torch.device("cpu"), world_size=1, mixed_precision="no")
-    assert result.iterations > 10
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, model_before[key]), key
-    after = optimizer.state_dict()
-    assert after["param_groups"] == optimizer_before["param_groups"]
-    for index, state in optimizer_before["state"].items():
-        for name, value in state.items():
-            assert torch.equal(after["state"][index][name], value), (index, name)
+    assert info["lr_suggestions"] == found["suggestions"]
 
 
 def test_resume_does_not_rerun_the_range_test(digits_args, tmp_path):
@@ -64,6 +76,7 @@ def test_resume_does_not_rerun_the_range_test(digits_args, tmp_path):
     assert path.read_text() == before and path.stat().st_mtime_ns == stamp
     info = summary(tmp_path / "run")
     assert info["resumed"] and info["completed"] and info["max_lr"] == json.loads(before)["max_lr"]
+    assert info["lr_suggestions"] == json.loads(before)["suggestions"]
 
 
 def test_rank_zero_failure_ends_every_rank_quickly(digits_args, tmp_path):
@@ -81,12 +94,70 @@ def test_fallback_max_lr_is_used_with_a_loud_warning(digits_args, tmp_path):
     assert info["max_lr"] == 0.003 and info["lr_policy"] == "fallback" and info["completed"]
 
 
+def test_random_labels_are_refused_with_the_keys_to_change(digits_args, tmp_path):
+    proc = run(digits_args("data.name=fake", "data.fake_train_size=1000"), script="lr_find.py", check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert "never really went down" in error and "lr_finder.start_lr" in error and "lr_finder.end_lr" in error
+    assert json.loads((tmp_path / "run" / "lr_finder.json").read_text())["error"] in error  # the curve is kept to look at
+
+
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_standalone_lr_find_command(digits_args, tmp_path, nproc):
     proc = run(digits_args(*FAST, "lr_finder.policy=steepest"), nproc=nproc, script="lr_find.py")
     found = json.loads((tmp_path / "run" / "lr_finder.json").read_text())
-    for name in ("steepest", "valley", "minimum"):
+    for name in ("near_minimum", "steepest", "valley", "minimum"):
         assert name in proc.stdout and f"{found['suggestions'][name]:.3e}" in proc.stdout
-    assert found["policy"] == "steepest" and found["effective_batch_size"] == 64 * nproc
+    assert found["policy"] == "steepest" and found["effective_batch_size"] == 64 * nproc and found["world_size"] == nproc
     assert (tmp_path / "run" / "lr_finder.png").is_file() and not (tmp_path / "run" / "summary.json").exists()
     assert "\x1b[" not in proc.stdout  # plain text when not a terminal
+
+
+def test_sweep_ranges_interleave():
+    from superconverge.lr_finder import sweep_ranges
+
+    exp = sweep_ranges(1e-6, 1.0, 61, 2, "exp")  # 10 points a decade; the second sweep half a step higher
+    assert exp[0] == (1e-6, 1.0) and exp[1][0] == pytest.approx(1e-6 * 10**0.05) and exp[1][1] == pytest.approx(10**0.05)
+    linear = sweep_ranges(0.0, 1.0, 11, 4, "linear")
+    assert [start for start, _ in linear] == pytest.approx([0.0, 0.025, 0.05, 0.075])
+
+
+def test_every_sweep_starts_from_the_same_weights(tmp_path):
+    """num_iter 60 as two sweeps of 30: both begin at the saved weights, their LRs interleave, and all comes back."""
+    import copy
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from superconverge.config import load_config
+    from superconverge.data import build_data
+    from superconverge.lr_finder import run_range_test
+    from superconverge.models import build_model
+    from superconverge.schedule import build_optimizer
+
+    cfg = load_config(
+        ROOT / "configs" / "digits.yaml", [*FAST, "lr_finder.num_iter=60", "lr_finder.sweep_iter=30", f"output_dir={tmp_path}"]
+    )
+    data = build_data(cfg.data)
+    model = build_model(cfg.model, data.num_classes, data.in_channels)
+    optimizer = build_optimizer(cfg.optimizer, model, lr=1e-3)
+    images, labels = next(iter(torch.utils.data.DataLoader(data.train, batch_size=32)))
+    torch.nn.functional.cross_entropy(model(data.eval_transform(images)), labels).backward()
+    optimizer.step()  # some optimizer state worth restoring
+    model_before, optimizer_before = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    try:
+        result = run_range_test(cfg, data, model, optimizer, Accelerator(cpu=True))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    assert result.sweeps == 2 and 40 < result.iterations <= 60 and result.batches_per_rank[0] >= result.iterations
+    assert result.lrs == sorted(result.lrs) and len(set(result.lrs)) == len(result.lrs)  # two interleaved sweeps
+    assert result.lrs[0] == pytest.approx(1e-5) and result.lrs[1] == pytest.approx(1e-5 * (1e5 ** (1 / 29)) ** 0.5)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, model_before[key]), key
+    after = optimizer.state_dict()
+    assert after["param_groups"] == optimizer_before["param_groups"]
+    for index, state in optimizer_before["state"].items():
+        for name, value in state.items():
+            assert torch.equal(after["state"][index][name], value), (index, name)

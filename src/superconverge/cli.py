@@ -7,7 +7,6 @@ process group forms, so a bad key fails every rank at once instead of leaving on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -23,10 +22,10 @@ from superconverge.config import Config, load_config, save_config
 from superconverge.console import RunConsole
 from superconverge.data import build_data
 from superconverge.errors import UserError
-from superconverge.lr_finder import MaxLRChoice, find_max_lr
+from superconverge.lr_finder import MaxLRChoice, RangeTestResult, find_max_lr
 from superconverge.models import build_model
 from superconverge.tracking import Tracking, start_tracking, wants_wandb
-from superconverge.trainer import Trainer
+from superconverge.trainer import Trainer, prepare_model
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,7 +45,8 @@ def resumed_choice(resume_state: dict | None) -> MaxLRChoice | None:
     """A resumed run continues the schedule it started, with the max_lr it chose then."""
     if resume_state is None:
         return None
-    return MaxLRChoice(float(resume_state["max_lr"]), resume_state["lr_policy"], resume_state["lr_finder_seconds"], reused=True)
+    return MaxLRChoice(float(resume_state["max_lr"]), resume_state["lr_policy"], resume_state["lr_finder_seconds"], reused=True,
+                       suggestions=resume_state.get("lr_suggestions", {}))  # fmt: skip
 
 
 def uses_cpu(cfg: Config) -> bool:
@@ -109,9 +109,10 @@ def build_trainer(argv: list[str] | None) -> Trainer:
     console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
     tracking = start_tracking(cfg, accelerator)
     console.banner(run_facts(cfg, accelerator, data, model, tracking))
+    model = prepare_model(cfg, accelerator, model)
     choice = resumed_choice(resume_state) or find_max_lr(cfg, accelerator, data, model, console)
-    if not choice.reused and choice.policy != "fixed":
-        tracking.log_range_test(Path(cfg.output_dir))
+    if choice.range_test is not None:
+        tracking.log_range_test(choice.range_test, Path(cfg.output_dir) / "lr_finder.png")
     return Trainer(cfg, accelerator, data, model, choice, resume_from, console, tracking)
 
 
@@ -153,9 +154,10 @@ def lr_find_main(argv: list[str] | None = None) -> int:
         cfg, data, model, _, _ = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
         accelerator = make_accelerator(cfg)
         open_run_dir(cfg, accelerator)
-        find_max_lr(cfg, accelerator, data, model, RunConsole(cfg.console, accelerator.is_main_process))
+        model = prepare_model(cfg, accelerator, model)
+        choice = find_max_lr(cfg, accelerator, data, model, RunConsole(cfg.console, accelerator.is_main_process))
         if accelerator.is_main_process:
-            print_suggestions(Path(cfg.output_dir) / "lr_finder.json")
+            print_suggestions(choice.range_test, Path(cfg.output_dir))
         accelerator.end_training()
     except UserError as exc:
         print(f"superconverge lr-find: error: {exc}", file=sys.stderr, flush=True)
@@ -163,20 +165,23 @@ def lr_find_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_suggestions(path: Path) -> None:
+def print_suggestions(found: RangeTestResult, run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    found = json.loads(path.read_text())
-    table = Table(
-        title=f"LR range test: effective batch {found['effective_batch_size']}, {found['iterations']} iterations, {found['seconds']:.1f} s"
-    )
+    table = Table()
     for column in ("policy", "suggested max_lr", "chosen"):
         table.add_column(column)
-    for name, lr in found["suggestions"].items():
-        table.add_row(name, f"{lr:.3e}", "yes" if name == found["policy"] and not found["fallback_used"] else "")
-    if found["fallback_used"]:
-        table.add_row("fallback", f"{found['max_lr']:.3e}", "yes")
-    console = Console()
+    for name, lr in found.suggestions.items():
+        table.add_row(name, f"{lr:.3e}", "yes" if found.chosen == name else "")
+    if found.fallback_used:
+        table.add_row("fallback", f"{found.max_lr:.3e}", "yes")
+    console = Console(soft_wrap=True)
+    console.print(
+        f"LR range test: global batch {found.effective_batch_size} on {found.world_size} process(es), "
+        f"{found.iterations} iterations in {found.sweeps} sweep(s), {found.seconds:.1f} s"
+    )
     console.print(table)
-    console.print(f"curve and suggestions: {path} and {path.with_suffix('.png')}")
+    if found.lr_at_minimum:
+        console.print(f"lowest loss at lr {found.lr_at_minimum:.3e}; every suggestion lies below it")
+    console.print(f"curve and suggestions: {run_dir / 'lr_finder.json'} and {run_dir / 'lr_finder.png'}")

@@ -85,15 +85,16 @@ class ScheduleConfig(Section):
 class LRFinderConfig(Section):
     """The LR range test that picks max_lr when schedule.max_lr is 'auto'."""
 
-    start_lr: PositiveFloat = 1e-7
+    start_lr: PositiveFloat = 1e-6
     end_lr: PositiveFloat = 10.0
     num_iter: Annotated[int, Field(ge=10)] = 100
+    sweep_iter: Annotated[int, Field(ge=10)] = 100  # num_iter is run as sweeps of this many iterations, each from the same weights
     step_mode: Literal["exp", "linear"] = "exp"
-    smooth_f: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    diverge_th: Annotated[float, Field(gt=1)] = 5.0
+    smooth_f: Annotated[float, Field(ge=0, lt=1)] = 0.2  # torch-lr-finder's EMA, used only for its stop rule
+    diverge_th: Annotated[float, Field(gt=1)] = 5.0  # stop once that EMA exceeds this multiple of its best
     skip_start: Annotated[int, Field(ge=0)] = 10
     skip_end: Annotated[int, Field(ge=0)] = 5
-    policy: Literal["steepest", "valley", "minimum"] = "steepest"  # best worst-case regret in benchmarks/lr_policies.py
+    policy: Literal["near_minimum", "steepest", "valley", "minimum"] = "near_minimum"  # chosen in benchmarks/lr_policies.py
     fallback_max_lr: PositiveFloat | None = None
 
     @model_validator(mode="after")

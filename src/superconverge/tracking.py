@@ -8,11 +8,15 @@ import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from accelerate import Accelerator
 
 from superconverge.config import Config
+
+if TYPE_CHECKING:
+    from superconverge.lr_finder import RangeTestResult
 
 RUN_ID_FILE = "wandb_run_id.txt"
 
@@ -42,23 +46,22 @@ class Tracking:
     def describe(self) -> str:
         return "disabled" if self.run_id is None else f"{self.mode} run {self.run_id}"
 
-    def log_range_test(self, run_dir: Path) -> None:
+    def log_range_test(self, result: RangeTestResult, plot_path: Path) -> None:
         """The LR test curve as a W&B plot and its PNG as an image (main process)."""
         run = self.wandb_run()
-        path = run_dir / "lr_finder.json"
-        if run is None or not self.accelerator.is_main_process or not path.is_file():
+        if run is None or not self.accelerator.is_main_process:
             return
-        import json
-
         import wandb
 
-        found = json.loads(path.read_text())
-        table = wandb.Table(columns=["lr", "loss"], data=[[lr, loss] for lr, loss in zip(found["lrs"], found["losses"], strict=False)])
+        rows = [[lr, raw, smooth] for lr, raw, smooth in zip(result.lrs, result.raw_losses, result.smoothed_losses, strict=True)]
+        table = wandb.Table(columns=["lr", "loss", "smoothed_loss"], data=rows)
+        images = {"lr_finder/plot": wandb.Image(str(plot_path))} if plot_path.is_file() else {}
         run.log({
-            "lr_finder/curve": wandb.plot.line(table, "lr", "loss", title="LR range test"),
-            "lr_finder/plot": wandb.Image(str(run_dir / "lr_finder.png")),
-            **{f"lr_finder/{name}": value for name, value in found["suggestions"].items()},
-            "lr_finder/max_lr": found["max_lr"],
+            "lr_finder/curve": wandb.plot.line(table, "lr", "smoothed_loss", title="LR range test"),
+            **images,
+            **{f"lr_finder/{name}": value for name, value in result.suggestions.items()},
+            "lr_finder/max_lr": result.max_lr,
+            "lr_finder/seconds": result.seconds,
         }, step=0)  # fmt: skip
 
     def summarize(self, values: dict) -> None:

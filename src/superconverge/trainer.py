@@ -32,6 +32,7 @@ class TrainState:
     total_steps: int
     lr_policy: str = "fixed"
     lr_finder_seconds: float = 0.0
+    lr_suggestions: dict[str, float] = field(default_factory=dict)  # every rule's answer, for the summary
     epoch: int = 0  # epochs completed
     batches_done: int = 0  # batches of the current epoch already consumed, per process
     optimizer_steps: int = 0
@@ -45,6 +46,13 @@ class TrainState:
     train_images: float = 0.0
     wall_seconds: float = 0.0
     resumed: int = 0
+
+
+def prepare_model(cfg: Config, accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The model as every later stage uses it (range test, training, checkpoints): on its device, DDP-wrapped."""
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return accelerator.prepare_model(model)
 
 
 def make_loaders(cfg: Config, data: DataBundle, pin_memory: bool) -> tuple[DataLoader, DataLoader | None, DataLoader | None]:
@@ -78,15 +86,13 @@ class Trainer:
         self.augment_generator = torch.Generator(accelerator.device)
         self.store = CheckpointStore(self.run_dir / "checkpoints")
         train, val, test = make_loaders(cfg, data, pin_memory=accelerator.device.type == "cuda")
-        if cfg.trainer.channels_last:
-            model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(cfg.optimizer, model, lr=max_lr / cfg.schedule.div_factor)
-        self.model, self.optimizer, self.train_loader, self.val_loader, self.test_loader = accelerator.prepare(
-            model, optimizer, train, val, test
-        )
+        self.model = model  # prepared by prepare_model before the range test
+        self.optimizer, self.train_loader, self.val_loader, self.test_loader = accelerator.prepare(optimizer, train, val, test)
         steps = cfg.trainer.epochs * optimizer_steps_per_epoch(len(self.train_loader), cfg.trainer.grad_accum_steps)
         self.scheduler = accelerator.prepare(build_one_cycle(cfg.schedule, optimizer, max_lr, steps))
-        self.state = TrainState(max_lr=max_lr, total_steps=steps, lr_policy=choice.policy, lr_finder_seconds=choice.seconds)
+        self.state = TrainState(max_lr=max_lr, total_steps=steps, lr_policy=choice.policy, lr_finder_seconds=choice.seconds,
+                                lr_suggestions=choice.suggestions)  # fmt: skip
         es = cfg.trainer.early_stopping
         self.stopper = EarlyStopping(es.metric, es.patience, es.min_delta)
         # A different augmentation stream on each rank; a resumed run gets its saved RNG back instead.
@@ -314,6 +320,7 @@ class Trainer:
             "max_lr": state.max_lr,
             "lr_policy": state.lr_policy,
             "lr_finder_seconds": round(state.lr_finder_seconds, 3),
+            "lr_suggestions": state.lr_suggestions,
             "optimizer_steps": state.optimizer_steps,
             "total_optimizer_steps": state.total_steps,
             "final_lr": state.lr_trace[-1] if state.lr_trace else None,

@@ -1,0 +1,51 @@
+"""Runs the product's range test on the prepared model and checks it left model and optimizer as they were.
+
+Usage: range_test_worker.py EXPECTED_WORLD_SIZE REPORT_DIR lr_find.py-arguments...
+"""
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from superconverge.cli import make_accelerator, prepare_inputs
+from superconverge.console import RunConsole
+from superconverge.lr_finder import find_max_lr
+from superconverge.schedule import build_optimizer
+from superconverge.trainer import prepare_model
+
+
+def main() -> None:
+    expected, report_dir, argv = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+    cfg, data, model, _, _ = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
+    accelerator = make_accelerator(cfg)
+    # Proves this is one distributed job, not N independent single-process runs.
+    assert accelerator.num_processes == expected, f"world size {accelerator.num_processes}, expected {expected}"
+    assert torch.distributed.is_initialized() == (expected > 1)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    model = prepare_model(cfg, accelerator, model)
+    assert isinstance(model, torch.nn.parallel.DistributedDataParallel) == (expected > 1)
+    before = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
+    choice = find_max_lr(cfg, accelerator, data, model, RunConsole(cfg.console, accelerator.is_main_process))
+    after = accelerator.unwrap_model(model).state_dict()
+    # The trainer's optimizer is built after the test from the restored parameters.
+    optimizer = build_optimizer(cfg.optimizer, model, lr=1e-3)
+    report = {
+        "rank": accelerator.process_index,
+        "world_size": accelerator.num_processes,
+        "weights_restored_exactly": all(torch.equal(before[k], after[k]) for k in before),
+        "optimizer_params_are_the_model": all(a is b for a, b in zip(optimizer.param_groups[0]["params"], model.parameters(), strict=True)),
+        "max_lr": choice.max_lr,
+        "batches_per_rank": choice.range_test.batches_per_rank,
+        "iterations": choice.range_test.iterations,
+        "raw_losses": choice.range_test.raw_losses,
+    }
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps(report))
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
