@@ -7,6 +7,7 @@ with ``os.replace``. A kill at any moment leaves the previous checkpoint whole.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -31,7 +32,8 @@ class CheckpointError(UserError):
 
 class CheckpointStore:
     def __init__(self, root: Path) -> None:
-        self.root = root
+        # Absolute, so folder names compare equal to the resolved targets of `last` and `best`.
+        self.root = Path(root).resolve()
 
     def link(self, name: str) -> Path | None:
         path = self.root / name
@@ -49,7 +51,7 @@ class CheckpointStore:
         final = self.root / name
         if accelerator.is_main_process:
             (staging / STATE_FILE).write_text(json.dumps(trainer_state))
-            if final.exists() and final in {self.link(n) for n in ("last", "best")}:
+            if final.exists() and final in {self.link(n) for n in ("last", "best")}:  # never delete what a link points to
                 final = self.root / f"{name}-{os.getpid()}"
             shutil.rmtree(final, ignore_errors=True)
             os.rename(staging, final)
@@ -70,6 +72,34 @@ class CheckpointStore:
         for entry in self.root.iterdir():
             if entry.is_dir() and not entry.is_symlink() and entry.resolve() not in keep:
                 shutil.rmtree(entry, ignore_errors=True)
+
+
+class RunLock:
+    """One run per output_dir: an exclusive ``flock`` on ``output_dir/.lock``, held by the main process.
+
+    The kernel drops the lock when the process dies, however it dies, so a killed run never blocks
+    the next one; ``release`` ends it early for runs made in-process one after another.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self.handle = open(self.path, "a+")  # noqa: SIM115 - held open for the run's life
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            raise CheckpointError(
+                f"output_dir {run_dir} is in use by another run (pid {holder}); wait for it to end or choose another output_dir"
+            ) from None
+        self.handle.truncate(0)
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+
+    def release(self) -> None:
+        if not self.handle.closed:
+            self.handle.close()
 
 
 def resolve_resume(resume: str, run_dir: Path) -> Path | None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin, broadcast_object_list, set_seed
 
-from superconverge.checkpoint import REQUEUE_EXIT_CODE, resolve_resume, validate_checkpoint
+from superconverge.checkpoint import REQUEUE_EXIT_CODE, CheckpointError, RunLock, resolve_resume, validate_checkpoint
 from superconverge.config import Config, load_config, save_config
 from superconverge.console import RunConsole
 from superconverge.data import build_data
@@ -93,19 +93,28 @@ def check_compiler(cfg: Config) -> None:
         raise UserError("trainer.compile=true on the CPU needs a C++ compiler: apt-get install g++, or set trainer.compile=false")
 
 
-def open_run_dir(cfg: Config, accelerator: Accelerator) -> None:
+def open_run_dir(cfg: Config, accelerator: Accelerator) -> RunLock | None:
+    """Create the run directory and lock it for this run; a refusal reaches every rank."""
+    lock, refusal = None, None
     if accelerator.is_main_process:
         run_dir = Path(cfg.output_dir)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    accelerator.wait_for_everyone()
+        try:
+            lock = RunLock(run_dir)
+            save_config(cfg, run_dir / "config.yaml")
+        except CheckpointError as exc:
+            refusal = str(exc)
+    refusal = broadcast_object_list([refusal], from_process=0)[0]
+    if refusal is not None:
+        raise CheckpointError(refusal)
+    return lock
 
 
 def build_trainer(argv: list[str] | None) -> Trainer:
     """config -> data and model -> (range test on rank 0) -> prepared objects, ready to fit."""
     cfg, data, model, resume_from, resume_state = prepare_inputs(argv)
     accelerator = make_accelerator(cfg)
-    open_run_dir(cfg, accelerator)
+    lock = open_run_dir(cfg, accelerator)
     console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
     tracking = start_tracking(cfg, accelerator)
     console.banner(run_facts(cfg, accelerator, data, model, tracking))
@@ -113,7 +122,9 @@ def build_trainer(argv: list[str] | None) -> Trainer:
     choice = resumed_choice(resume_state) or find_max_lr(cfg, accelerator, data, model, console)
     if choice.range_test is not None:
         tracking.log_range_test(choice.range_test, Path(cfg.output_dir) / "lr_finder.png")
-    return Trainer(cfg, accelerator, data, model, choice, resume_from, console, tracking)
+    trainer = Trainer(cfg, accelerator, data, model, choice, resume_from, console, tracking)
+    trainer.run_lock = lock
+    return trainer
 
 
 def run_facts(cfg: Config, accelerator: Accelerator, data, model, tracking: Tracking) -> dict:
@@ -153,11 +164,12 @@ def lr_find_main(argv: list[str] | None = None) -> int:
     try:
         cfg, data, model, _, _ = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
         accelerator = make_accelerator(cfg)
-        open_run_dir(cfg, accelerator)
+        lock = open_run_dir(cfg, accelerator)
         model = prepare_model(cfg, accelerator, model)
         choice = find_max_lr(cfg, accelerator, data, model, RunConsole(cfg.console, accelerator.is_main_process))
         if accelerator.is_main_process:
             print_suggestions(choice.range_test, Path(cfg.output_dir))
+            lock.release()
         accelerator.end_training()
     except UserError as exc:
         print(f"superconverge lr-find: error: {exc}", file=sys.stderr, flush=True)

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
-from superconverge import lr_rules
+from superconverge import jsonfile, lr_rules
 from superconverge.config import Config
 from superconverge.console import RunConsole
 from superconverge.data import BatchTransform, DataBundle
@@ -234,21 +234,8 @@ def choose(result: RangeTestResult, cfg: Config, num_classes: int) -> RangeTestR
 
 def write_artifacts(result: RangeTestResult, run_dir: Path) -> None:
     """lr_finder.json and lr_finder.png: for people; the run itself passes the result object on."""
-    import json
-
-    (run_dir / "lr_finder.json").write_text(json.dumps(_strict({**asdict(result), "iterations": result.iterations}), indent=1))
+    (run_dir / "lr_finder.json").write_text(jsonfile.dumps({**asdict(result), "iterations": result.iterations}, indent=1))
     plot(result, run_dir / "lr_finder.png")
-
-
-def _strict(value):
-    """JSON without NaN or Infinity (null instead), which strict parsers reject."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_strict(v) for v in value]
-    return value
 
 
 def plot(result: RangeTestResult, path: Path) -> None:

@@ -14,14 +14,20 @@ from accelerate import Accelerator
 from accelerate.utils import is_compiled_module, set_seed
 from torch.utils.data import DataLoader
 
-from superconverge.checkpoint import STATE_FILE, CheckpointError, CheckpointStore, PreemptionWatch, load_model_weights
+from superconverge import jsonfile
+from superconverge.checkpoint import STATE_FILE, CheckpointError, CheckpointStore, PreemptionWatch, RunLock, load_model_weights
 from superconverge.config import Config
 from superconverge.console import RunConsole
 from superconverge.data import DataBundle
+from superconverge.errors import UserError
 from superconverge.lr_finder import MaxLRChoice
 from superconverge.metrics import EarlyStopping, SplitTotals
 from superconverge.schedule import build_one_cycle, build_optimizer, current_momentum, optimizer_steps_per_epoch
 from superconverge.tracking import Tracking
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -81,6 +87,8 @@ class Trainer:
         self.console, self.tracking = console, tracking
         self.preemption = PreemptionWatch(accelerator, cfg.trainer.preemption_check_steps)
         self.preempted = False
+        self.run_lock: RunLock | None = None  # the output_dir lock (main process), released when the run ends
+        self._nonfinite = torch.zeros((), device=accelerator.device)  # non-finite losses seen; read at check points only
         max_lr = choice.max_lr
         self.train_transform, self.eval_transform = data.train_transform, data.eval_transform
         self.augment_generator = torch.Generator(accelerator.device)
@@ -123,10 +131,14 @@ class Trainer:
     def fit(self) -> dict:
         self._write_history()
         finished = self.state.stopped_early or self.state.epoch >= self.epochs
-        while not finished:
-            if not self._train_epoch(self.state.epoch) or self._end_epoch():
-                return self._finish(completed=False)
-            finished = self.state.stopped_early or self.state.epoch >= self.epochs
+        try:
+            while not finished:
+                if not self._train_epoch(self.state.epoch) or self._end_epoch():
+                    return self._finish(completed=False)
+                finished = self.state.stopped_early or self.state.epoch >= self.epochs
+        except TrainingDiverged:
+            self._finish(completed=False, diverged=True)
+            raise
         return self._finish(completed=True)
 
     def _train_epoch(self, epoch: int) -> bool:
@@ -148,6 +160,7 @@ class Trainer:
             with acc.accumulate(self.model):
                 logits = self.model(images).float()
                 losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=self.cfg.optimizer.label_smoothing)
+                self._nonfinite += (~torch.isfinite(losses.detach())).sum()
                 acc.backward(losses.mean())
                 if acc.sync_gradients and trainer.grad_clip_norm:
                     acc.clip_grad_norm_(self.model.parameters(), trainer.grad_clip_norm)
@@ -219,8 +232,30 @@ class Trainer:
         self.scheduler.step()
         self.state.optimizer_steps += 1
 
+    def _check_finite(self, weights_too: bool = False) -> None:
+        """Stop every rank together once any rank has seen a NaN or infinite loss (one small all-reduce).
+
+        Before a save the weights and buffers are checked too: the step after the last finite loss
+        can already have made them non-finite.
+        """
+        bad = self._nonfinite.clone()
+        if weights_too:
+            for tensor in self.model.state_dict().values():
+                if tensor.is_floating_point():
+                    bad += (~torch.isfinite(tensor)).sum()
+        if self.accelerator.reduce(bad, reduction="sum").item() == 0:
+            return
+        last = self.store.link("last")
+        raise TrainingDiverged(
+            f"the training loss became NaN or infinite by optimizer step {self.state.optimizer_steps} "
+            f"at max_lr {self.state.max_lr:.4g}; nothing after the last good checkpoint ({last or 'none yet'}) was kept. "
+            "Lower schedule.max_lr or set trainer.grad_clip_norm."
+        )
+
     def _stop_requested(self) -> bool:
         done = self.state.optimizer_steps
+        if done % self.cfg.trainer.preemption_check_steps == 0:
+            self._check_finite()
         if done >= self.state.total_steps:
             return False  # the last step: the run ends normally
         if self.preemption.agreed(done):
@@ -285,6 +320,7 @@ class Trainer:
         return limit is not None and state.epoch - self._epochs_at_start >= limit and state.epoch < self.epochs and not state.stopped_early
 
     def _save(self, links: list[str]) -> None:
+        self._check_finite(weights_too=True)  # never a checkpoint (least of all `best`) of NaN weights
         state = self.state
         state.early_stopping = self.stopper.state_dict()
         state.wall_seconds = self._wall_before + time.perf_counter() - self._started
@@ -292,13 +328,13 @@ class Trainer:
 
     def _write_history(self) -> None:
         if self.accelerator.is_main_process:
-            lines = "".join(json.dumps(r) + "\n" for r in self.state.history)
+            lines = "".join(jsonfile.dumps(r) + "\n" for r in self.state.history)
             (self.run_dir / "metrics.jsonl").write_text(lines)
 
     def _append_history(self, record: dict) -> None:
         if self.accelerator.is_main_process:
             with open(self.run_dir / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(jsonfile.dumps(record) + "\n")
 
     def _test(self) -> float | None:
         best = self.store.link("best") or self.store.link("last")
@@ -307,7 +343,7 @@ class Trainer:
         load_model_weights(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), best)
         return self.evaluate(self.test_loader, "test")[1]
 
-    def _finish(self, completed: bool) -> dict:
+    def _finish(self, completed: bool, diverged: bool = False) -> dict:
         state = self.state
         test_acc = self._test() if completed else None
         state.wall_seconds = self._wall_before + time.perf_counter() - self._started
@@ -315,6 +351,7 @@ class Trainer:
         summary = {
             "completed": completed,
             "preempted": self.preempted,
+            "diverged": diverged,
             "world_size": self.accelerator.num_processes,
             "global_batch_size": self.cfg.global_batch_size(self.accelerator.num_processes),
             "max_lr": state.max_lr,
@@ -345,8 +382,10 @@ class Trainer:
         self.tracking.summarize({k: summary[k] for k in keys})
         if self.accelerator.is_main_process:
             trace = {"total_steps": state.total_steps, "lr": state.lr_trace, "momentum": state.momentum_trace}
-            (self.run_dir / "lr_trace.json").write_text(json.dumps(trace))
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            (self.run_dir / "lr_trace.json").write_text(jsonfile.dumps(trace))
+            (self.run_dir / "summary.json").write_text(jsonfile.dumps(summary, indent=2))
         self.console.finish(summary, self.tracking.describe())
         self.accelerator.wait_for_everyone()
+        if self.run_lock is not None:
+            self.run_lock.release()
         return summary

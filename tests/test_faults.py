@@ -1,0 +1,89 @@
+"""Faults around the checkpoints: NaN losses, two runs in one directory, relative checkpoint paths."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, launch_command, run
+from safetensors.torch import load_file
+
+
+def strict_json(text: str):
+    def refuse(constant):
+        raise AssertionError(f"non-strict JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_only_good_checkpoints(digits_args, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run(digits_args("schedule.max_lr=1000", "trainer.epochs=3", "trainer.checkpoint_every_steps=1",
+                           "trainer.preemption_check_steps=1"), check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert "NaN or infinite" in error and "schedule.max_lr" in error
+    info = strict_json((run_dir / "summary.json").read_text())
+    assert info["diverged"] and not info["completed"] and info["optimizer_steps"] < info["total_optimizer_steps"]
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        strict_json(line)
+    strict_json((run_dir / "lr_trace.json").read_text())
+    for folder in (run_dir / "checkpoints").iterdir():
+        if folder.is_dir() and not folder.is_symlink():
+            weights = load_file(str(folder / "model.safetensors"))
+            assert all(torch.isfinite(t).all() for t in weights.values()), folder
+
+
+def test_infinite_max_lr_is_a_config_error():
+    from superconverge.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="schedule.max_lr"):
+        load_config(ROOT / "configs" / "digits.yaml", ["schedule.max_lr=inf"])
+
+
+def test_a_second_run_in_the_same_output_dir_is_refused_until_the_first_dies(digits_args, tmp_path):
+    run_dir = tmp_path / "run"
+    args = digits_args("schedule.max_lr=0.005", "trainer.epochs=40")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    first = subprocess.Popen(launch_command(1) + args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "metrics.jsonl").exists() or not (run_dir / "metrics.jsonl").read_text():
+            assert time.monotonic() < deadline and first.poll() is None, "the first run never got going"
+            time.sleep(0.1)
+        config = (run_dir / "config.yaml").read_text()
+        second = run(digits_args("schedule.max_lr=0.005", "trainer.epochs=40", "seed=7"), check=False, timeout=120)
+        assert second.returncode == 2 and str(run_dir) in second.stderr and "in use by another run" in second.stderr
+        assert f"pid {first.pid}" in second.stderr
+        assert (run_dir / "config.yaml").read_text() == config  # the refused run touched nothing
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    # The kernel dropped the dead run's lock: the next run resumes its checkpoint.
+    third = run(digits_args("schedule.max_lr=0.005", "trainer.epochs=40", "trainer.stop_after_epochs=1"), timeout=120)
+    assert third.returncode == 0
+
+
+def test_a_relative_checkpoint_root_never_reuses_the_folder_a_link_points_to(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from superconverge.checkpoint import CheckpointStore
+
+    monkeypatch.chdir(tmp_path)
+    try:
+        accelerator = Accelerator(cpu=True)
+        accelerator.prepare(torch.nn.Linear(2, 2))
+        store = CheckpointStore(Path("run/checkpoints"))  # relative, like the default output_dir
+        state = {"optimizer_steps": 5, "epoch": 1}
+        first = store.save(accelerator, state, ["last"])
+        second = store.save(accelerator, state, ["last"])  # the same step again (a rerun that stops where it started)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    assert second.name != first.name  # a fresh folder: the one `last` pointed to was never deleted to make room
+    assert store.link("last") == second.resolve() and (second / "model.safetensors").is_file()
