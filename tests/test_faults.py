@@ -87,3 +87,51 @@ def test_a_relative_checkpoint_root_never_reuses_the_folder_a_link_points_to(tmp
         GradientState._reset_state()
     assert second.name != first.name  # a fresh folder: the one `last` pointed to was never deleted to make room
     assert store.link("last") == second.resolve() and (second / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_an_output_dir_that_cannot_be_a_directory_is_one_line_before_any_work(digits_args, tmp_path, where):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    target = blocker if where == "file" else blocker / "run"
+    proc = run(digits_args("schedule.max_lr=0.01", run_dir=target), check=False, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == f"superconverge: error: output_dir {target}: {blocker} is a file, not a directory"
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """A digits run stopped after its first epoch, copied fresh for each test that damages it."""
+    root = tmp_path_factory.mktemp("one_epoch")
+    args = ["--config", str(ROOT / "configs" / "digits.yaml"), f"output_dir={root / 'run'}", "trainer.epochs=2",
+            "schedule.max_lr=0.01", "trainer.stop_after_epochs=1"]  # fmt: skip
+    run(args)
+    return root / "run"
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "run"
+    shutil.copytree(run_dir, target, symlinks=True)
+    return target
+
+
+def test_a_last_link_to_a_deleted_folder_is_refused_not_restarted(one_epoch_run, digits_args, tmp_path):
+    import shutil
+
+    run_dir = copy_of(one_epoch_run, tmp_path)
+    history = (run_dir / "metrics.jsonl").read_text()
+    shutil.rmtree((run_dir / "checkpoints" / "last").resolve())
+    proc = run(digits_args("schedule.max_lr=0.01"), check=False, timeout=60)
+    assert proc.returncode == 2 and "no longer exists" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    assert (run_dir / "metrics.jsonl").read_text() == history  # nothing overwritten
+
+
+def test_resuming_with_another_model_is_one_line(one_epoch_run, digits_args, tmp_path):
+    copy_of(one_epoch_run, tmp_path)
+    proc = run(digits_args("schedule.max_lr=0.01", "model.name=resnet9"), check=False, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "holds another model's weights" in proc.stderr.strip().splitlines()[-1]

@@ -107,6 +107,12 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
     if resume == "none":
         return None
     if resume == "auto":
+        last = run_dir / "checkpoints" / "last"
+        if last.is_symlink() and not last.resolve().is_dir():
+            raise CheckpointError(
+                f"{last} points to {os.readlink(last)}, which no longer exists: restore it, or set trainer.resume=none "
+                "(starts over and replaces this run's history), or use another output_dir"
+            )
         return CheckpointStore(run_dir / "checkpoints").link("last")
     path = Path(resume)
     if (path / "checkpoints" / "last").is_symlink():
@@ -130,6 +136,19 @@ def validate_checkpoint(path: Path) -> dict:
             f"checkpoint {path} is corrupt or incomplete ({type(exc).__name__}: {exc}). Delete it or set trainer.resume=none."
         ) from None
     return state
+
+
+def check_fits(path: Path, model: torch.nn.Module) -> None:
+    """The checkpoint's weights have this model's names and shapes (checked lazily, before any work)."""
+    with safe_open(str(path / MODEL_FILE), framework="pt") as handle:
+        saved = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118 - safe_open has no iterator
+    own = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    if saved != own:
+        differ = sorted(set(saved) ^ set(own)) or sorted(k for k in own if saved[k] != own[k])
+        raise CheckpointError(
+            f"checkpoint {path} holds another model's weights (first differences: {', '.join(differ[:3])}): resume with the "
+            "model.name it was trained with, or set trainer.resume=none or another output_dir"
+        )
 
 
 def load_model_weights(model: torch.nn.Module, path: Path) -> None:

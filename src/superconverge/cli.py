@@ -2,6 +2,7 @@
 
 Everything that can be wrong with the user's input is checked on every rank before the
 process group forms, so a bad key fails every rank at once instead of leaving one in a barrier.
+The checkpoint to resume is read once the run directory is locked, again on every rank alike.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin, broadcast_object_list, set_seed
 
-from superconverge.checkpoint import REQUEUE_EXIT_CODE, CheckpointError, RunLock, resolve_resume, validate_checkpoint
-from superconverge.config import Config, load_config, save_config
+from superconverge.checkpoint import REQUEUE_EXIT_CODE, CheckpointError, RunLock, check_fits, resolve_resume, validate_checkpoint
+from superconverge.config import Config, ConfigError, load_config, save_config
 from superconverge.console import RunConsole
 from superconverge.data import build_data
 from superconverge.errors import UserError
@@ -72,18 +73,38 @@ def make_accelerator(cfg: Config) -> Accelerator:
 
 
 def prepare_inputs(argv: list[str] | None, forced: tuple[str, ...] = ()):
-    """Config, data, model and resume point, validated identically on every rank."""
+    """Config, data and model, validated identically on every rank."""
     args = parse_args(argv)
     cfg = load_config(args.config, [*args.overrides, *forced])
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
     check_compiler(cfg)
-    resume_from = resolve_resume(cfg.trainer.resume, Path(cfg.output_dir))
-    resume_state = validate_checkpoint(resume_from) if resume_from else None
+    check_output_dir(Path(cfg.output_dir))
+    if cfg.trainer.resume not in ("auto", "none"):
+        resolve_resume(cfg.trainer.resume, Path(cfg.output_dir))  # a named checkpoint that is not there: fail before any work
     data = build_data(cfg.data)
     set_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes, data.in_channels)
-    return cfg, data, model, resume_from, resume_state
+    return cfg, data, model
+
+
+def find_resume_point(cfg: Config, model: torch.nn.Module) -> tuple[Path | None, dict | None]:
+    """The checkpoint to continue from, read whole and checked against the model (every rank, run dir locked)."""
+    resume_from = resolve_resume(cfg.trainer.resume, Path(cfg.output_dir))
+    if resume_from is None:
+        return None, None
+    resume_state = validate_checkpoint(resume_from)
+    check_fits(resume_from, model)
+    return resume_from, resume_state
+
+
+def check_output_dir(path: Path) -> None:
+    """output_dir can be created and written: a file in its way is an error before any work, on every rank."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"output_dir {path}: {existing} is a file, not a directory")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {path}: {existing} is not writable")
 
 
 def check_compiler(cfg: Config) -> None:
@@ -101,7 +122,6 @@ def open_run_dir(cfg: Config, accelerator: Accelerator) -> RunLock | None:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         try:
             lock = RunLock(run_dir)
-            save_config(cfg, run_dir / "config.yaml")
         except CheckpointError as exc:
             refusal = str(exc)
     refusal = broadcast_object_list([refusal], from_process=0)[0]
@@ -110,11 +130,19 @@ def open_run_dir(cfg: Config, accelerator: Accelerator) -> RunLock | None:
     return lock
 
 
+def record_config(cfg: Config, accelerator: Accelerator) -> None:
+    """config.yaml, written only once the run is known to go ahead (a refused run leaves the old one)."""
+    if accelerator.is_main_process:
+        save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+
+
 def build_trainer(argv: list[str] | None) -> Trainer:
     """config -> data and model -> (range test on rank 0) -> prepared objects, ready to fit."""
-    cfg, data, model, resume_from, resume_state = prepare_inputs(argv)
+    cfg, data, model = prepare_inputs(argv)
     accelerator = make_accelerator(cfg)
     lock = open_run_dir(cfg, accelerator)
+    resume_from, resume_state = find_resume_point(cfg, model)
+    record_config(cfg, accelerator)
     console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
     tracking = start_tracking(cfg, accelerator)
     console.banner(run_facts(cfg, accelerator, data, model, tracking))
@@ -162,9 +190,10 @@ def main(argv: list[str] | None = None) -> int:
 def lr_find_main(argv: list[str] | None = None) -> int:
     """Run only the range test for a config (same code path, distributed too) and print the suggestions."""
     try:
-        cfg, data, model, _, _ = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
+        cfg, data, model = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
         accelerator = make_accelerator(cfg)
         lock = open_run_dir(cfg, accelerator)
+        record_config(cfg, accelerator)
         model = prepare_model(cfg, accelerator, model)
         choice = find_max_lr(cfg, accelerator, data, model, RunConsole(cfg.console, accelerator.is_main_process))
         if accelerator.is_main_process:

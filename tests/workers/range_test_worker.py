@@ -19,7 +19,7 @@ from superconverge.trainer import prepare_model
 
 def main() -> None:
     expected, report_dir, argv = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-    cfg, data, model, _, _ = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
+    cfg, data, model = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
     accelerator = make_accelerator(cfg)
     # Proves this is one distributed job, not N independent single-process runs.
     assert accelerator.num_processes == expected, f"world size {accelerator.num_processes}, expected {expected}"
