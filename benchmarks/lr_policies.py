@@ -1,16 +1,17 @@
 """Which range-test rule picks max_lr best, chosen on half of a task matrix and judged on the other half.
 
-    .venv/bin/python benchmarks/lr_policies.py            # every phase; ~1 h on 2 cores
+    .venv/bin/python benchmarks/lr_policies.py            # every phase; ~45 min on 2 cores (80 min of runs, 2 at a time)
     .venv/bin/python benchmarks/lr_policies.py grid       # one phase: grid | curves | verify | report
 
 1. grid: one-cycle runs at fixed max_lr over a half-decade grid for every task x seed
    (a grid whose best point is at an edge grows by one step on that side until it is not).
-2. curves: one range test per task x seed with the shipped lr_finder settings (raw losses kept).
-3. select: every candidate rule (benchmarks/lr_rules.py, each family x constant) is scored on the
-   tune half only, by accuracy interpolated on the grid at the LR it picks; the rule with the lowest
-   worst-case regret wins (mean regret breaks ties).
-4. verify: real one-cycle runs at the winner's pick and at the old default's (steepest) pick, on
-   every task x seed; the held-out half's regrets are the ones the README reports.
+2. curves: range tests per task x seed at three sweep lengths (lr_finder.sweep_iter 25, 50, 100).
+3. select: every candidate (range-test setting x way of reading the curve x rule x constant) is
+   scored on the tune half only, by accuracy interpolated on the grid at the LR it picks; the
+   lowest worst-case regret wins (mean regret breaks ties).
+4. verify: real one-cycle runs at the winner's pick and at the old default's pick (steepest descent
+   of torch-lr-finder's EMA curve) on every task x seed; the held-out half's regrets are the ones
+   the README reports.
 
 Runs are cached under benchmarks/results/tmp/lr_policies/ (a rerun continues where it stopped).
 """
@@ -322,9 +323,9 @@ def write_report(grid, curves, table, winner: str, runs) -> Path:
         "",
         machine_header(),
         "",
-        f"{len(TASKS)} tasks (`benchmarks/lr_tasks.py`), each a one-cycle run with the shipped range-test settings. "
+        f"{len(TASKS)} tasks (`benchmarks/lr_tasks.py`), each a one-cycle run. "
         "For every task x seed: a grid of fixed max_lr in half-decade steps (grown at an edge until its best point is inside), "
-        "one range test, and real runs at the picks of the winning rule and of the old default (steepest descent of "
+        "range tests at three sweep lengths, and real runs at the picks of the winning rule and of the old default (steepest descent of "
         "torch-lr-finder's EMA curve). Accuracy is on the test split "
         "(Fashion-MNIST: 10k images; digits: 359 images, 0.28 points each, hence 5 seeds). Regret = best grid mean - the "
         f"rule's mean, in points. {sum(len(seeds(t)) for t in TASKS)} task-seeds; {seconds / 60:.0f} min of run time (2 at a time).",

@@ -137,7 +137,7 @@ def record_config(cfg: Config, accelerator: Accelerator) -> None:
 
 
 def build_trainer(argv: list[str] | None) -> Trainer:
-    """config -> data and model -> (range test on rank 0) -> prepared objects, ready to fit."""
+    """config -> data and model -> locked run dir, resume point -> (range test on every rank) -> prepared objects."""
     cfg, data, model = prepare_inputs(argv)
     accelerator = make_accelerator(cfg)
     lock = open_run_dir(cfg, accelerator)
