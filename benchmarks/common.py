@@ -50,10 +50,8 @@ def run_in_process(entry: str, argv: list[str]) -> int:
     """``train.py`` (entry="train") or ``lr_find.py`` (entry="lr_find") in this process, quietly.
 
     Many short runs in one process save the ~3 s import of each; Accelerate keeps its state in
-    class-level singletons, so they are reset after every run.
+    class-level singletons, so they are reset after every run (the run restores its own signal handlers).
     """
-    import signal
-
     from accelerate.state import AcceleratorState, GradientState
 
     from superconverge import cli
@@ -65,8 +63,6 @@ def run_in_process(entry: str, argv: list[str]) -> int:
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-        for signum in (signal.SIGTERM, signal.SIGUSR1):  # the trainer's preemption handlers
-            signal.signal(signum, signal.SIG_DFL)
 
 
 def read_json(path: Path) -> dict:

@@ -11,7 +11,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import torch
@@ -156,30 +155,3 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "stopped on a signal, checkpoint saved, run me again"
-
-
-class PreemptionWatch:
-    """SIGUSR1 or SIGTERM on any rank asks every rank to checkpoint and stop at the next step boundary.
-
-    The handler only sets a flag; the ranks agree through Accelerate's trigger (one small
-    all-reduce) every ``check_every`` optimizer steps. A second signal exits at once: checkpoints
-    are written atomically, so that loses only the save in progress, never the previous one.
-    """
-
-    def __init__(self, accelerator: Accelerator, check_every: int) -> None:
-        self.accelerator, self.check_every = accelerator, check_every
-        self.signals_seen = 0
-        for signum in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame) -> None:
-        self.signals_seen += 1
-        if self.signals_seen > 1:
-            os._exit(128 + signum)
-
-    def agreed(self, optimizer_steps: int) -> bool:
-        if optimizer_steps % self.check_every:
-            return False
-        if self.signals_seen:
-            self.accelerator.set_trigger()
-        return self.accelerator.check_trigger()

@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin, broadcast_object_list, set_seed
 
+from superconverge import jsonfile
 from superconverge.checkpoint import REQUEUE_EXIT_CODE, CheckpointError, RunLock, check_fits, resolve_resume, validate_checkpoint
 from superconverge.config import Config, ConfigError, load_config, save_config
 from superconverge.console import RunConsole
@@ -25,6 +26,7 @@ from superconverge.data import build_data
 from superconverge.errors import UserError
 from superconverge.lr_finder import MaxLRChoice, RangeTestResult, find_max_lr
 from superconverge.models import build_model
+from superconverge.signals import StopSignals
 from superconverge.tracking import Tracking, start_tracking, wants_wandb
 from superconverge.trainer import Trainer, prepare_model
 
@@ -136,21 +138,47 @@ def record_config(cfg: Config, accelerator: Accelerator) -> None:
         save_config(cfg, Path(cfg.output_dir) / "config.yaml")
 
 
-def build_trainer(argv: list[str] | None) -> Trainer:
-    """config -> data and model -> locked run dir, resume point -> (range test on every rank) -> prepared objects."""
+class StoppedBeforeTraining(Exception):
+    """A stop signal (or a dead launcher) arrived before the training loop: nothing to checkpoint yet."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(f"stopped on a signal during {stage}, before training; a rerun starts this stage again")
+        self.stage = stage
+
+
+def stop_if_requested(stop: StopSignals, accelerator: Accelerator, cfg: Config, lock: RunLock | None, stage: str) -> None:
+    """Between start-up stages: a stop request ends the run here on every rank, marked for requeue."""
+    if not stop.agreed(accelerator):
+        return
+    if accelerator.is_main_process:
+        summary = {"completed": False, "preempted": True, "stopped_during": stage, "run_dir": str(cfg.output_dir)}
+        (Path(cfg.output_dir) / "summary.json").write_text(jsonfile.dumps(summary, indent=2))
+        lock.release()
+    raise StoppedBeforeTraining(stage)
+
+
+def build_trainer(argv: list[str] | None, stop: StopSignals) -> Trainer:
+    """config -> data and model -> locked run dir, resume point -> (range test on every rank) -> prepared objects.
+
+    ``stop`` is already installed: a signal in any stage ends the run at the next stage boundary.
+    """
     cfg, data, model = prepare_inputs(argv)
+    stop.orphan_grace_seconds = cfg.trainer.orphan_grace_seconds
     accelerator = make_accelerator(cfg)
     lock = open_run_dir(cfg, accelerator)
+    stop_if_requested(stop, accelerator, cfg, lock, "data loading")
     resume_from, resume_state = find_resume_point(cfg, model)
     record_config(cfg, accelerator)
     console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
     tracking = start_tracking(cfg, accelerator)
+    stop_if_requested(stop, accelerator, cfg, lock, "W&B start")
     console.banner(run_facts(cfg, accelerator, data, model, tracking))
     model = prepare_model(cfg, accelerator, model)
     choice = resumed_choice(resume_state) or find_max_lr(cfg, accelerator, data, model, console)
+    stop_if_requested(stop, accelerator, cfg, lock, "the LR range test")
     if choice.range_test is not None:
         tracking.log_range_test(choice.range_test, Path(cfg.output_dir) / "lr_finder.png")
-    trainer = Trainer(cfg, accelerator, data, model, choice, resume_from, console, tracking)
+    trainer = Trainer(cfg, accelerator, data, model, choice, resume_from, console, tracking, stop)
     trainer.run_lock = lock
     return trainer
 
@@ -173,18 +201,20 @@ def run_facts(cfg: Config, accelerator: Accelerator, data, model, tracking: Trac
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        trainer = build_trainer(argv)
-        trainer.fit()
-        trainer.accelerator.end_training()
-        if trainer.preempted:
+    with StopSignals() as stop:
+        try:
+            trainer = build_trainer(argv, stop)
+            trainer.fit()
+            trainer.close()
+            return REQUEUE_EXIT_CODE if trainer.preempted else 0
+        except StoppedBeforeTraining as exc:
+            print(f"superconverge: {exc}", file=sys.stderr, flush=True)
             return REQUEUE_EXIT_CODE
-    except UserError as exc:
-        rank = os.environ.get("RANK")
-        prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
-        print(f"{prefix}superconverge: error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+        except UserError as exc:
+            rank = os.environ.get("RANK")
+            prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
+            print(f"{prefix}superconverge: error: {exc}", file=sys.stderr, flush=True)
+            return 2
 
 
 def lr_find_main(argv: list[str] | None = None) -> int:

@@ -126,7 +126,8 @@ class TrainerConfig(Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     deterministic: bool = False
     preemption_check_steps: PositiveInt = 10  # how often ranks agree on a SIGUSR1/SIGTERM (one all-reduce)
-    collective_timeout_minutes: PositiveInt = 120  # ranks wait this long for rank 0's range test
+    collective_timeout_minutes: PositiveInt = 120  # ranks wait this long for one another in a collective
+    orphan_grace_seconds: PositiveFloat = 120.0  # a rank whose launcher died exits hard if it cannot checkpoint by then
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,7 +16,7 @@ from accelerate.utils import is_compiled_module, set_seed
 from torch.utils.data import DataLoader
 
 from superconverge import jsonfile
-from superconverge.checkpoint import STATE_FILE, CheckpointError, CheckpointStore, PreemptionWatch, RunLock, load_model_weights
+from superconverge.checkpoint import STATE_FILE, CheckpointError, CheckpointStore, RunLock, load_model_weights
 from superconverge.config import Config
 from superconverge.console import RunConsole
 from superconverge.data import DataBundle
@@ -23,6 +24,7 @@ from superconverge.errors import UserError
 from superconverge.lr_finder import MaxLRChoice
 from superconverge.metrics import EarlyStopping, SplitTotals
 from superconverge.schedule import build_one_cycle, build_optimizer, current_momentum, optimizer_steps_per_epoch
+from superconverge.signals import StopSignals
 from superconverge.tracking import Tracking
 
 
@@ -82,10 +84,11 @@ class Trainer:
         resume_from: Path | None,
         console: RunConsole,
         tracking: Tracking,
+        stop: StopSignals,
     ) -> None:
         self.cfg, self.accelerator, self.run_dir = cfg, accelerator, Path(cfg.output_dir)
         self.console, self.tracking = console, tracking
-        self.preemption = PreemptionWatch(accelerator, cfg.trainer.preemption_check_steps)
+        self.stop = stop  # installed by the caller before any work, restored by it when the run ends
         self.preempted = False
         self.run_lock: RunLock | None = None  # the output_dir lock (main process), released when the run ends
         self._nonfinite = torch.zeros((), device=accelerator.device)  # non-finite losses seen; read at check points only
@@ -111,6 +114,13 @@ class Trainer:
         self._steps_at_start, self._epochs_at_start = self.state.optimizer_steps, self.state.epoch
         self._started = time.perf_counter()
         self._epoch_began = self._started
+
+    def close(self) -> None:
+        """End the run's resources in order: the DDP model and loaders before the process group they use."""
+        self.model = self.optimizer = self.scheduler = self.train_loader = self.val_loader = self.test_loader = None
+        self.accelerator.free_memory()  # Accelerate's own references to the prepared objects
+        gc.collect()
+        self.accelerator.end_training()  # trackers finish, the process group is destroyed
 
     def _resume(self, path: Path) -> None:
         saved = json.loads((path / STATE_FILE).read_text())
@@ -258,7 +268,7 @@ class Trainer:
             self._check_finite()
         if done >= self.state.total_steps:
             return False  # the last step: the run ends normally
-        if self.preemption.agreed(done):
+        if done % self.cfg.trainer.preemption_check_steps == 0 and self.stop.agreed(self.accelerator):
             self.preempted = True
             return True
         limit = self.cfg.trainer.stop_after_steps

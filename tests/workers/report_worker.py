@@ -11,11 +11,16 @@ import torch
 from accelerate.utils import is_compiled_module
 
 from superconverge.cli import build_trainer
+from superconverge.signals import StopSignals
 
 
 def main() -> None:
     expected, report_dir, argv = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-    trainer = build_trainer(argv)
+    with StopSignals() as stop:
+        report(expected, report_dir, build_trainer(argv, stop))
+
+
+def report(expected: int, report_dir: Path, trainer) -> None:
     accelerator = trainer.accelerator
     # Proves this is one distributed job, not N independent single-process runs.
     assert accelerator.num_processes == expected, f"world size {accelerator.num_processes}, expected {expected}"
@@ -49,7 +54,7 @@ def main() -> None:
     }
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps(report))
-    accelerator.end_training()
+    trainer.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+"""Stop requests: scoped handlers, signals before the training loop, and ranks whose launcher died."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+from conftest import ROOT, history, launch_command, run, summary
+from test_preemption import wait_for_epochs, workers
+
+from superconverge.checkpoint import REQUEUE_EXIT_CODE
+from superconverge.signals import StopSignals
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+
+
+def test_handlers_are_installed_for_the_scope_only():
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGUSR1, signal.SIGTERM)}
+    with StopSignals(watch_parent=False) as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while not stop.requested and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stop.requested and stop.reason == "SIGUSR1"
+    assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+ORPHAN = """
+import sys, time
+from superconverge.signals import StopSignals
+with StopSignals(orphan_grace_seconds=1.0, poll_seconds=0.05, watch_parent=True) as stop:
+    print("watching", flush=True)
+    while not stop.requested:
+        time.sleep(0.01)
+    print("stop requested:", stop.reason, flush=True)
+    time.sleep(60)  # cannot stop cleanly (as if stuck in a collective): the watch must exit within the grace
+"""
+
+
+def test_an_orphan_that_cannot_stop_cleanly_exits_after_the_grace(tmp_path):
+    out = tmp_path / "orphan.txt"
+    # The shell starts the orphan-to-be and exits once it watches: the child is re-parented.
+    script = f'"{sys.executable}" -c "$0" > "{out}" 2>&1 & until grep -q watching "{out}"; do sleep 0.05; done; echo $!'
+    shell = subprocess.Popen(["bash", "-c", script, ORPHAN], env=ENV, stdout=subprocess.PIPE, text=True)
+    pid = int(shell.communicate(timeout=30)[0])
+    child = psutil.Process(pid)
+    began = time.monotonic()
+    deadline = began + 60
+    while child.is_running() and child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    text = out.read_text()
+    assert "stop requested: launcher gone" in text and "exiting" in text, text
+    assert time.monotonic() - began < 30
+
+
+def test_a_signal_during_the_range_test_stops_before_training_for_a_requeue(digits_args, tmp_path):
+    run_dir = tmp_path / "run"
+    args = digits_args("lr_finder.num_iter=400", "console.mode=plain")
+    proc = subprocess.Popen(launch_command(1) + args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if " start world_size=" in line:  # the banner: data loaded, W&B started, the range test begins
+            break
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == REQUEUE_EXIT_CODE, stderr[-3000:]
+    info = summary(run_dir)
+    assert info["preempted"] and not info["completed"] and info["stopped_during"] == "the LR range test"
+    assert not (run_dir / "metrics.jsonl").exists()
+    rerun = run(digits_args("trainer.epochs=1"))  # the lock is free and nothing half-made is in the way
+    assert rerun.returncode == 0 and summary(run_dir)["completed"]
+
+
+def test_ranks_whose_launcher_is_killed_checkpoint_and_stop(digits_args, tmp_path):
+    run_dir = tmp_path / "run"
+    args = digits_args("schedule.max_lr=0.005", "trainer.epochs=12", "trainer.preemption_check_steps=2")
+    launcher = subprocess.Popen(launch_command(2) + args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_epochs(run_dir, 1, launcher)
+    ranks = workers(launcher)
+    assert len(ranks) == 2
+    launcher.kill()  # SIGKILL: nothing forwards anything to the ranks
+    launcher.wait()
+    began = time.monotonic()
+    gone, alive = psutil.wait_procs(ranks, timeout=60)
+    assert not alive, "ranks kept training without their launcher"
+    assert time.monotonic() - began < 30
+    info = summary(run_dir)
+    assert info["preempted"] and not info["completed"] and info["world_size"] == 2
+    assert info["optimizer_steps"] % 2 == 0 and info["optimizer_steps"] > history(run_dir)[0]["optimizer_steps"]
+    run(args, nproc=2)  # resumes the same schedule from the checkpoint the ranks saved on their way out
+    final = summary(run_dir)
+    assert final["completed"] and final["resumed"] and [r["epoch"] for r in history(run_dir)] == list(range(1, 13))
