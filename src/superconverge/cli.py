@@ -8,9 +8,11 @@ The checkpoint to resume is read once the run directory is locked, again on ever
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -211,10 +213,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"superconverge: {exc}", file=sys.stderr, flush=True)
             return REQUEUE_EXIT_CODE
         except UserError as exc:
-            rank = os.environ.get("RANK")
-            prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
-            print(f"{prefix}superconverge: error: {exc}", file=sys.stderr, flush=True)
+            report_error(f"superconverge: error: {exc}")
             return 2
+
+
+def report_error(message: str) -> None:
+    """The clean message on stderr and, under ``accelerate launch``, as the launcher's "Root Cause".
+
+    torchelastic ends a failed job with its own traceback and a summary of failed ranks; a rank's
+    error file (the path it passes in TORCHELASTIC_ERROR_FILE) is what that summary shows, so the
+    message is also the last thing a user reads there.
+    """
+    rank = os.environ.get("RANK")
+    print(f"{'' if rank in (None, '0') else f'[rank {rank}] '}{message}", file=sys.stderr, flush=True)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        Path(error_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(error_file).write_text(json.dumps({"message": message, "timestamp": int(time.time())}))
 
 
 def lr_find_main(argv: list[str] | None = None) -> int:
@@ -231,7 +246,7 @@ def lr_find_main(argv: list[str] | None = None) -> int:
             lock.release()
         accelerator.end_training()
     except UserError as exc:
-        print(f"superconverge lr-find: error: {exc}", file=sys.stderr, flush=True)
+        report_error(f"superconverge lr-find: error: {exc}")
         return 2
     return 0
 
