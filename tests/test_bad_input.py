@@ -61,6 +61,20 @@ def test_empty_class_folder(tmp_path):
     expect_failure(DIGITS + ["data.name=imagefolder", f"data.root={tmp_path}/photos", f"output_dir={tmp_path}/run"], "viper", "no images")
 
 
+def test_a_truncated_image_is_named_before_any_work(tmp_path):
+    from PIL import Image
+
+    for name in ("cobra", "viper"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.effect_noise((16, 16), 50).convert("RGB").save(tmp_path / "photos" / name / f"{i}.png")
+    bad = tmp_path / "photos" / "viper" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:200])
+    args = DIGITS + ["data.name=imagefolder", f"data.root={tmp_path}/photos", "data.image_size=16", f"output_dir={tmp_path}/run"]
+    expect_failure(args, str(bad), "data.bad_images=skip")
+    assert not (tmp_path / "run").exists()  # before any work: not even the run directory
+
+
 def test_corrupt_checkpoint_on_resume(digits_args, tmp_path):
     run(digits_args("trainer.epochs=1"))
     last = tmp_path / "run" / "checkpoints" / "last"
@@ -70,4 +84,4 @@ def test_corrupt_checkpoint_on_resume(digits_args, tmp_path):
 
 def test_changed_schedule_on_resume_is_refused(digits_args, tmp_path):
     run(digits_args("trainer.epochs=1", "trainer.stop_after_steps=3"))
-    expect_failure(digits_args("trainer.epochs=3"), "optimizer steps", "output_dir", nproc=1)
+    expect_failure(digits_args("trainer.epochs=3"), "trainer.epochs (1 -> 3)", "output_dir", nproc=1)

@@ -82,3 +82,44 @@ def test_fake_data():
     bundle = build_data(DataConfig(name="fake", fake_train_size=50, fake_image_size=16, val_fraction=0.2))
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (40, 10, 10)
     assert bundle.train[0][0].shape == (3, 16, 16)
+
+
+def truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    return path
+
+
+def noisy_folder(root: Path, suffix: str) -> None:
+    for name in ("cobra", "viper"):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            Image.effect_noise((32, 32), 60 + i).convert("RGB").save(root / name / f"{i}{suffix}")
+
+
+def test_a_truncated_png_is_refused_before_any_work_naming_the_file(tmp_path, capsys):
+    noisy_folder(tmp_path, ".png")
+    bad = truncate(tmp_path / "viper" / "3.png")
+    with pytest.raises(DataError, match="data.bad_images=skip") as caught:
+        build_data(DataConfig(name="imagefolder", root=tmp_path, image_size=16))
+    assert str(bad) in str(caught.value) and "1 unreadable image" in str(caught.value)
+    skipping = build_data(DataConfig(name="imagefolder", root=tmp_path, image_size=16, bad_images="skip"))
+    assert len(skipping.train) + len(skipping.val) == 11
+    assert f"skipping 1 unreadable image(s) under {tmp_path}: {bad}" in capsys.readouterr().err
+
+
+def test_an_image_that_fails_only_when_decoded_is_named_or_replaced(tmp_path, capsys):
+    noisy_folder(tmp_path, ".jpg")  # a truncated JPEG passes PIL's structural check: it fails in the loader
+    bad = truncate(tmp_path / "cobra" / "2.jpg")
+    for policy in ("error", "skip"):
+        bundle = build_data(DataConfig(name="imagefolder", root=tmp_path, image_size=16, val_fraction=0.0, bad_images=policy))
+        position = bundle.train.subset.indices.index(2)  # cobra/2.jpg is sample 2 (classes, then files, sorted)
+        assert bundle.train.subset.dataset.samples[2][0] == str(bad)
+        if policy == "error":
+            with pytest.raises(DataError, match="data.bad_images=skip") as caught:
+                bundle.train[position]
+            assert str(bad) in str(caught.value)
+        else:
+            image, label = bundle.train[position]
+            assert image.shape == (3, 16, 16) and bundle.train.skipped == [str(bad)]
+            assert f"skipping unreadable image {bad}" in capsys.readouterr().err

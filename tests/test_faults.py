@@ -135,3 +135,32 @@ def test_resuming_with_another_model_is_one_line(one_epoch_run, digits_args, tmp
     proc = run(digits_args("schedule.max_lr=0.01", "model.name=resnet9"), check=False, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "holds another model's weights" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_resume_refuses_changes_it_cannot_apply_and_touches_nothing(one_epoch_run, digits_args, tmp_path):
+    run_dir = copy_of(one_epoch_run, tmp_path)
+    before = {name: (run_dir / name).read_text() for name in ("config.yaml", "metrics.jsonl", "summary.json")}
+    proc = run(digits_args("schedule.max_lr=0.02", "optimizer.weight_decay=0.1"), check=False, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert "optimizer.weight_decay (0.01 -> 0.1)" in error and "schedule.max_lr (0.01 -> 0.02)" in error, error
+    assert {name: (run_dir / name).read_text() for name in before} == before
+
+
+def test_resume_applies_and_records_the_changes_it_can(one_epoch_run, digits_args, tmp_path):
+    run_dir = copy_of(one_epoch_run, tmp_path)
+    proc = run(digits_args("schedule.max_lr=0.01", "console.mode=plain", "trainer.checkpoint_every_steps=7"), timeout=120)
+    applied = next(line for line in proc.stderr.splitlines() if line.startswith("superconverge: resuming with"))
+    assert "console.mode ('auto' -> 'plain')" in applied and "trainer.checkpoint_every_steps (None -> 7)" in applied
+    assert "trainer.stop_after_epochs (1 -> None)" in applied and "schedule" not in applied
+    assert "checkpoint_every_steps: 7" in (run_dir / "config.yaml").read_text()
+    saved = json.loads((run_dir / "checkpoints" / "last" / "trainer_state.json").read_text())
+    assert saved["config"]["trainer"]["checkpoint_every_steps"] == 7 and saved["resumed"] == 1
+
+
+def test_an_empty_trainer_state_is_one_line(one_epoch_run, digits_args, tmp_path):
+    run_dir = copy_of(one_epoch_run, tmp_path)
+    (run_dir / "checkpoints" / "last" / "trainer_state.json").write_text("")
+    proc = run(digits_args("schedule.max_lr=0.01"), check=False, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "corrupt or incomplete" in proc.stderr.strip().splitlines()[-1]

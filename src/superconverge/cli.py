@@ -22,7 +22,7 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, To
 
 from superconverge import jsonfile
 from superconverge.checkpoint import REQUEUE_EXIT_CODE, CheckpointError, RunLock, check_fits, resolve_resume, validate_checkpoint
-from superconverge.config import Config, ConfigError, load_config, save_config
+from superconverge.config import Config, ConfigError, describe_changes, load_config, resume_changes, save_config
 from superconverge.console import RunConsole
 from superconverge.data import build_data
 from superconverge.errors import UserError
@@ -99,7 +99,24 @@ def find_resume_point(cfg: Config, model: torch.nn.Module) -> tuple[Path | None,
         return None, None
     resume_state = validate_checkpoint(resume_from)
     check_fits(resume_from, model)
+    check_config_unchanged(cfg, resume_from, resume_state)
     return resume_from, resume_state
+
+
+def check_config_unchanged(cfg: Config, resume_from: Path, resume_state: dict) -> None:
+    """A resumed run keeps what shaped its checkpoint; changes it can apply are applied and said."""
+    saved = resume_state.get("config")
+    if saved is None:
+        return  # a checkpoint from before configs were stored in it
+    applied, refused = resume_changes(saved, cfg)
+    if refused:
+        raise ConfigError(
+            f"cannot resume {resume_from} with a changed {describe_changes(refused)}: a resumed run continues the "
+            "schedule, data and model it started with. Put these back, or start a new run with trainer.resume=none "
+            "or another output_dir"
+        )
+    if applied and os.environ.get("RANK", "0") == "0":
+        print(f"superconverge: resuming with {describe_changes(applied)}", file=sys.stderr, flush=True)
 
 
 def check_output_dir(path: Path) -> None:

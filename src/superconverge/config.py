@@ -43,6 +43,9 @@ class DataConfig(Section):
     crop_padding: Annotated[int, Field(ge=0)] | None = None
     image_size: PositiveInt | None = None
     normalize: Literal["dataset", "imagenet"] = "dataset"
+    # imagefolder files PIL cannot read: "error" stops before any work naming them (a data set
+    # should not shrink unnoticed); "skip" trains without them, with a counted warning.
+    bad_images: Literal["error", "skip"] = "error"
     fake_train_size: PositiveInt = 2000
     fake_image_size: PositiveInt = 32
 
@@ -150,6 +153,7 @@ class WandbConfig(Section):
     tags: list[str] = Field(default_factory=list)
     mode: Literal["online", "offline", "disabled"] = "online"  # online without an API key runs offline
     log_every_steps: PositiveInt = 50
+    init_timeout_seconds: PositiveFloat = 30.0  # then an unreachable server means offline logging, not a stall
 
 
 class TrackingConfig(Section):
@@ -236,6 +240,39 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     except ValidationError as exc:
         keys = {item.split("=", 1)[0] for item in overrides}
         raise ConfigError(_format_errors(exc, source, keys)) from None
+
+
+# What a resumed run may change: how it is watched, when it pauses, how it loads data and how
+# fast it runs. Anything else (data, model, optimizer, schedule, range test, epochs, precision)
+# shaped the checkpoint and its one-cycle schedule, so a change could only be ignored.
+RESUMABLE_KEYS = (
+    "output_dir", "console.", "tracking.", "data.num_workers", "trainer.resume", "trainer.stop_after_epochs",
+    "trainer.stop_after_steps", "trainer.checkpoint_every_steps", "trainer.preemption_check_steps",
+    "trainer.collective_timeout_minutes", "trainer.orphan_grace_seconds", "trainer.compile", "trainer.compile_mode",
+    "trainer.channels_last", "trainer.deterministic",
+)  # fmt: skip
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def resume_changes(saved: dict, config: Config) -> tuple[dict, dict]:
+    """Keys whose value differs from the checkpoint's config: (applied, refused), each key -> (old, new)."""
+    old, new = _flatten(saved), _flatten(config.model_dump(mode="json"))
+    changed = {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
+    applied = {key: change for key, change in changed.items() if key.startswith(RESUMABLE_KEYS)}
+    return applied, {key: change for key, change in changed.items() if key not in applied}
+
+
+def describe_changes(changes: dict) -> str:
+    return ", ".join(f"{key} ({old!r} -> {new!r})" for key, (old, new) in changes.items())
 
 
 def save_config(config: Config, path: Path) -> None:

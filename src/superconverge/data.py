@@ -6,12 +6,15 @@ and augmented a whole batch at a time; folders of images go through PIL, image b
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 from torchvision.datasets.utils import extract_archive
@@ -104,19 +107,48 @@ class BatchTransform:
         return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
-class TransformedSubset(Dataset):
-    """A subset of a PIL-based dataset with its own transform (train and val differ)."""
+class UnreadableImage(Exception):
+    def __init__(self, path: str, cause: BaseException) -> None:
+        super().__init__(f"{path} ({type(cause).__name__}: {cause})")
+        self.path = path
 
-    def __init__(self, base: Dataset, indices: list[int], transform) -> None:
+
+def load_rgb(path: str) -> Image.Image:
+    """torchvision's PIL loader, with the file named when it cannot be decoded."""
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UnreadableImage(path, exc) from None
+
+
+class TransformedSubset(Dataset):
+    """A subset of a PIL-based dataset with its own transform (train and val differ).
+
+    An image that passed the start-up check but cannot be decoded (a truncated JPEG) stops the
+    run naming the file, or with ``bad_images: skip`` is replaced by the next image and counted.
+    """
+
+    def __init__(self, base: Dataset, indices: list[int], transform, bad_images: str = "error") -> None:
         self.subset = Subset(base, indices)
-        self.transform = transform
+        self.transform, self.bad_images = transform, bad_images
+        self.skipped: list[str] = []  # in this process (each loader worker keeps its own)
 
     def __len__(self) -> int:
         return len(self.subset)
 
     def __getitem__(self, index: int):
-        image, label = self.subset[index]
-        return self.transform(image), label
+        for offset in range(len(self.subset)):
+            try:
+                image, label = self.subset[(index + offset) % len(self.subset)]
+                return self.transform(image), label
+            except UnreadableImage as exc:
+                if self.bad_images == "error":
+                    raise DataError(f"imagefolder: cannot read image {exc}; remove it or set data.bad_images=skip") from None
+                self.skipped.append(exc.path)
+                print(f"superconverge: warning: skipping unreadable image {exc} ({len(self.skipped)} skipped so far in this "
+                      "process); the next image takes its place", file=sys.stderr, flush=True)  # fmt: skip
+        raise DataError("imagefolder: no image of this split can be read")
 
 
 def _missing_data(name: str, where: list[Path], how: str) -> DataError:
@@ -273,25 +305,46 @@ def _tensor_bundle(cfg: DataConfig, seed: int) -> DataBundle:
     )
 
 
-def _image_folder(path: Path) -> datasets.ImageFolder:
+def _readable(path: str, bad: list[str]) -> bool:
+    """An image file whose structure PIL can walk without decoding (catches non-images and truncated PNGs)."""
+    if not datasets.folder.has_file_allowed_extension(path, IMAGE_SUFFIXES):
+        return False
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        bad.append(f"{path} ({type(exc).__name__}: {exc})")
+        return False
+
+
+def _image_folder(path: Path, bad_images: str) -> datasets.ImageFolder:
     if not path.is_dir():
         raise DataError(f"imagefolder: directory not found: {path} (set data.root to a folder of class sub-folders)")
     empty = [d.name for d in sorted(path.iterdir()) if d.is_dir() and not any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.rglob("*"))]
     if empty:
         raise DataError(f"imagefolder: class folder(s) with no images under {path}: {', '.join(empty)}")
+    bad: list[str] = []
     try:
-        return datasets.ImageFolder(str(path))
+        folder = datasets.ImageFolder(str(path), loader=load_rgb, is_valid_file=lambda f: _readable(f, bad))
     except (FileNotFoundError, OSError) as exc:
         raise DataError(f"imagefolder: cannot read {path}: {exc}") from None
+    if bad and bad_images == "error":
+        raise DataError(f"imagefolder: {len(bad)} unreadable image(s) under {path}: {'; '.join(bad[:3])}. "
+                        "Remove them, or set data.bad_images=skip to train without them")  # fmt: skip
+    if bad and os.environ.get("RANK", "0") == "0":
+        print(f"superconverge: warning: skipping {len(bad)} unreadable image(s) under {path}: {'; '.join(bad[:3])}",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return folder
 
 
 def _pil_bundle(cfg: DataConfig, seed: int) -> DataBundle:
     root = Path(cfg.root)
     has_splits = (root / "train").is_dir()
-    full = _image_folder(root / "train" if has_splits else root)
+    full = _image_folder(root / "train" if has_splits else root, cfg.bad_images)
     val_dir = next((root / n for n in ("val", "valid", "validation") if (root / n).is_dir()), None) if has_splits else None
-    val_dir_set = _image_folder(val_dir) if val_dir else None
-    test = _image_folder(root / "test") if has_splits and (root / "test").is_dir() else None
+    val_dir_set = _image_folder(val_dir, cfg.bad_images) if val_dir else None
+    test = _image_folder(root / "test", cfg.bad_images) if has_splits and (root / "test").is_dir() else None
     size = cfg.image_size or 224
     n_train = min(len(full), cfg.limit_train or len(full))
     train_idx, val_idx = _split_indices(n_train, 0.0 if val_dir_set else cfg.val_fraction, seed)
@@ -299,12 +352,13 @@ def _pil_bundle(cfg: DataConfig, seed: int) -> DataBundle:
     mean, std = _stats(cfg, None, channels)
     sized = cfg.model_copy(update={"image_size": size})
     train_tf, eval_tf = _transforms(sized, size, mean, std, True, from_pil=True)
+    subset = functools.partial(TransformedSubset, bad_images=cfg.bad_images)
     if val_dir_set is not None:
-        val = TransformedSubset(val_dir_set, list(range(len(val_dir_set))), eval_tf)
+        val = subset(val_dir_set, list(range(len(val_dir_set))), eval_tf)
     else:
-        val = TransformedSubset(full, val_idx, eval_tf) if val_idx else None
-    test_ds = TransformedSubset(test, list(range(len(test))), eval_tf) if test is not None else None
-    return DataBundle(TransformedSubset(full, train_idx, train_tf), val, test_ds, len(full.classes), channels, size)
+        val = subset(full, val_idx, eval_tf) if val_idx else None
+    test_ds = subset(test, list(range(len(test))), eval_tf) if test is not None else None
+    return DataBundle(subset(full, train_idx, train_tf), val, test_ds, len(full.classes), channels, size)
 
 
 def build_data(cfg: DataConfig) -> DataBundle:

@@ -54,6 +54,7 @@ class TrainState:
     train_images: float = 0.0
     wall_seconds: float = 0.0
     resumed: int = 0
+    config: dict = field(default_factory=dict)  # the config this state was made under (a resume may change only some keys)
 
 
 def prepare_model(cfg: Config, accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
@@ -103,7 +104,7 @@ class Trainer:
         steps = cfg.trainer.epochs * optimizer_steps_per_epoch(len(self.train_loader), cfg.trainer.grad_accum_steps)
         self.scheduler = accelerator.prepare(build_one_cycle(cfg.schedule, optimizer, max_lr, steps))
         self.state = TrainState(max_lr=max_lr, total_steps=steps, lr_policy=choice.policy, lr_finder_seconds=choice.seconds,
-                                lr_suggestions=choice.suggestions)  # fmt: skip
+                                lr_suggestions=choice.suggestions, config=cfg.model_dump(mode="json"))  # fmt: skip
         es = cfg.trainer.early_stopping
         self.stopper = EarlyStopping(es.metric, es.patience, es.min_delta)
         # A different augmentation stream on each rank; a resumed run gets its saved RNG back instead.
@@ -130,7 +131,7 @@ class Trainer:
                 f"{self.state.total_steps} (epochs, batch size, processes or accumulation changed). Use a new output_dir."
             )
         self.accelerator.load_state(str(path))
-        self.state = TrainState(**saved)
+        self.state = TrainState(**{**saved, "config": self.state.config})  # with the changes the resume applied
         self.state.resumed += 1
         self.stopper = EarlyStopping(**saved["early_stopping"])
 
