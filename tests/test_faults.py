@@ -164,3 +164,52 @@ def test_an_empty_trainer_state_is_one_line(one_epoch_run, digits_args, tmp_path
     proc = run(digits_args("schedule.max_lr=0.01"), check=False, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "corrupt or incomplete" in proc.stderr.strip().splitlines()[-1]
+
+
+def mounted_tmpfs(mount: Path, options: str) -> Path:
+    """A real small file system, so a full disk is a real ENOSPC (and read-only is EROFS, even for root)."""
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}): run as root (as CI does) to test disk faults")
+    return mount
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    yield mounted_tmpfs(tmp_path / "disk", "size=24m")
+    subprocess.run(["umount", "-l", str(tmp_path / "disk")], check=False)
+
+
+def test_an_output_dir_on_a_read_only_disk_is_one_line_before_any_work(digits_args, tmp_path):
+    disk = mounted_tmpfs(tmp_path / "readonly", "ro,size=1m")
+    try:
+        proc = run(digits_args("schedule.max_lr=0.01", run_dir=disk / "run"), check=False, timeout=60)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == f"superconverge: error: output_dir {disk / 'run'}: {disk} is not writable"
+
+
+def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_resumes_once_freed(digits_args, small_disk):
+    run_dir = small_disk / "run"
+    args = digits_args("schedule.max_lr=0.01", "trainer.epochs=3", "trainer.stop_after_epochs=1", run_dir=run_dir)
+    run(args)
+    last = (run_dir / "checkpoints" / "last").resolve()
+    filler = small_disk / "filler"
+    with open(filler, "wb") as handle:  # fill the disk to the last block
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    proc = run(args, check=False, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "no space left" in proc.stderr.strip().splitlines()[-1]
+    assert (run_dir / "checkpoints" / "last").resolve() == last and (last / "model.safetensors").is_file()
+    assert not list((run_dir / "checkpoints").glob(".staging-*"))
+    filler.unlink()
+    run(args[:-1] + ["trainer.stop_after_epochs=5"], timeout=120)  # resumes from `last` and finishes
+    info = json.loads((run_dir / "summary.json").read_text())
+    assert info["completed"] and info["resumed"] and info["epochs_completed"] == 3

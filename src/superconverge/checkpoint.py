@@ -7,6 +7,7 @@ with ``os.replace``. A kill at any moment leaves the previous checkpoint whole.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -45,11 +46,21 @@ class CheckpointStore:
         if accelerator.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))
+        try:
+            accelerator.save_state(str(staging))
+            if accelerator.is_main_process:
+                (staging / STATE_FILE).write_text(json.dumps(trainer_state))
+        except Exception as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not disk_full(exc, self.root):
+                raise
+            raise CheckpointError(
+                f"no space left on the device of {self.root} while saving a checkpoint; the previous one "
+                f"({self.link('last') or 'none yet'}) is whole: free some space and rerun to resume from it"
+            ) from None
         accelerator.wait_for_everyone()
         final = self.root / name
         if accelerator.is_main_process:
-            (staging / STATE_FILE).write_text(json.dumps(trainer_state))
             if final.exists() and final in {self.link(n) for n in ("last", "best")}:  # never delete what a link points to
                 final = self.root / f"{name}-{os.getpid()}"
             shutil.rmtree(final, ignore_errors=True)
@@ -71,6 +82,20 @@ class CheckpointStore:
         for entry in self.root.iterdir():
             if entry.is_dir() and not entry.is_symlink() and entry.resolve() not in keep:
                 shutil.rmtree(entry, ignore_errors=True)
+
+
+def disk_full(exc: BaseException | None, where: Path) -> bool:
+    """ENOSPC, however the writer reports it: OSError (json, pickle), SafetensorError, or torch.save's
+    RuntimeError, which says only "file write failed" (then the free space decides)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if any(sign in str(exc) for sign in ("No space left", "StorageFull", "os error 28")):
+            return True
+        if "file write failed" in str(exc):
+            return shutil.disk_usage(where).free < 64 * 2**20
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class RunLock:

@@ -8,6 +8,7 @@ The checkpoint to resume is read once the run directory is locked, again on ever
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -231,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
             return REQUEUE_EXIT_CODE
         except UserError as exc:
             report_error(f"superconverge: error: {exc}")
+            return 2
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            report_error(f"superconverge: error: no space left on the device of {exc.filename or 'the run directory'}: free some "
+                         "space and rerun to resume from the last checkpoint")  # fmt: skip
             return 2
 
 
