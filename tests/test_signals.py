@@ -32,6 +32,7 @@ ORPHAN = """
 import sys, time
 from superconverge.signals import StopSignals
 with StopSignals(orphan_grace_seconds=1.0, poll_seconds=0.05, watch_parent=True) as stop:
+    stop.training = True  # as the trainer's loop sets it
     print("watching", flush=True)
     while not stop.requested:
         time.sleep(0.01)
@@ -92,3 +93,17 @@ def test_ranks_whose_launcher_is_killed_checkpoint_and_stop(digits_args, tmp_pat
     run(args, nproc=2)  # resumes the same schedule from the checkpoint the ranks saved on their way out
     final = summary(run_dir)
     assert final["completed"] and final["resumed"] and [r["epoch"] for r in history(run_dir)] == list(range(1, 13))
+
+
+def test_ranks_whose_launcher_dies_before_training_exit_at_once(digits_args, tmp_path):
+    args = digits_args("lr_finder.num_iter=2000", "console.mode=plain")
+    launcher = subprocess.Popen(launch_command(2) + args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in launcher.stdout:
+        if " start world_size=2" in line:  # rank 0's banner: the long range test begins
+            break
+    ranks = workers(launcher)
+    assert len(ranks) == 2
+    launcher.kill()
+    launcher.wait()
+    _, alive = psutil.wait_procs(ranks, timeout=15)
+    assert not alive, "ranks went on with the range test without their launcher"

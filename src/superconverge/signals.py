@@ -39,6 +39,7 @@ class StopSignals:
         self.watch_parent = under_launcher() if watch_parent is None else watch_parent
         self.signals_seen = 0
         self.reason: str | None = None
+        self.training = False  # set by the trainer once its loop (and so a checkpoint) can answer a stop
         self._previous: dict[int, object] = {}
         self._closed = threading.Event()
 
@@ -75,6 +76,9 @@ class StopSignals:
                 break
         else:
             return
+        if not self.training:  # nothing to checkpoint yet, and a rank may be stuck in a rendezvous: go now
+            print(f"superconverge: the launcher (pid {parent}) is gone before training: exiting", file=sys.stderr, flush=True)
+            os._exit(ORPHAN_EXIT_CODE)
         print(f"superconverge: the launcher (pid {parent}) is gone: checkpointing and stopping", file=sys.stderr, flush=True)
         self._request("launcher gone")
         if not self._closed.wait(self.orphan_grace_seconds):

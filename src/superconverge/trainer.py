@@ -140,6 +140,7 @@ class Trainer:
         return self.cfg.trainer.epochs
 
     def fit(self) -> dict:
+        self.stop.training = True
         self._write_history()
         finished = self.state.stopped_early or self.state.epoch >= self.epochs
         try:
