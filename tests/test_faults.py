@@ -47,7 +47,7 @@ def test_infinite_max_lr_is_a_config_error():
 
 def test_a_second_run_in_the_same_output_dir_is_refused_until_the_first_dies(digits_args, tmp_path):
     run_dir = tmp_path / "run"
-    args = digits_args("schedule.max_lr=0.005", "trainer.epochs=40")
+    args = digits_args("schedule.max_lr=0.005", "trainer.epochs=2000")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     first = subprocess.Popen(launch_command(1) + args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -56,7 +56,7 @@ def test_a_second_run_in_the_same_output_dir_is_refused_until_the_first_dies(dig
             assert time.monotonic() < deadline and first.poll() is None, "the first run never got going"
             time.sleep(0.1)
         config = (run_dir / "config.yaml").read_text()
-        second = run(digits_args("schedule.max_lr=0.005", "trainer.epochs=40", "seed=7"), check=False, timeout=120)
+        second = run(digits_args("schedule.max_lr=0.005", "trainer.epochs=2000", "seed=7"), check=False, timeout=120)
         assert second.returncode == 2 and str(run_dir) in second.stderr and "in use by another run" in second.stderr
         assert f"pid {first.pid}" in second.stderr
         assert (run_dir / "config.yaml").read_text() == config  # the refused run touched nothing
@@ -64,7 +64,7 @@ def test_a_second_run_in_the_same_output_dir_is_refused_until_the_first_dies(dig
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     # The kernel dropped the dead run's lock: the next run resumes its checkpoint.
-    third = run(digits_args("schedule.max_lr=0.005", "trainer.epochs=40", "trainer.stop_after_epochs=1"), timeout=120)
+    third = run(digits_args("schedule.max_lr=0.005", "trainer.epochs=2000", "trainer.stop_after_epochs=1"), timeout=120)
     assert third.returncode == 0
 
 

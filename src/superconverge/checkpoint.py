@@ -8,7 +8,6 @@ with ``os.replace``. A kill at any moment leaves the previous checkpoint whole.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -96,34 +95,6 @@ def disk_full(exc: BaseException | None, where: Path) -> bool:
             return shutil.disk_usage(where).free < 64 * 2**20
         exc = exc.__cause__ or exc.__context__
     return False
-
-
-class RunLock:
-    """One run per output_dir: an exclusive ``flock`` on ``output_dir/.lock``, held by the main process.
-
-    The kernel drops the lock when the process dies, however it dies, so a killed run never blocks
-    the next one; ``release`` ends it early for runs made in-process one after another.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / ".lock"
-        self.handle = open(self.path, "a+")  # noqa: SIM115 - held open for the run's life
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or "unknown"
-            self.handle.close()
-            raise CheckpointError(
-                f"output_dir {run_dir} is in use by another run (pid {holder}); wait for it to end or choose another output_dir"
-            ) from None
-        self.handle.truncate(0)
-        self.handle.write(str(os.getpid()))
-        self.handle.flush()
-
-    def release(self) -> None:
-        if not self.handle.closed:
-            self.handle.close()
 
 
 def resolve_resume(resume: str, run_dir: Path) -> Path | None:

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin, broadcast_object_list, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin, set_seed
 
-from superconverge import jsonfile
-from superconverge.checkpoint import REQUEUE_EXIT_CODE, CheckpointError, RunLock, check_fits, resolve_resume, validate_checkpoint
-from superconverge.config import Config, ConfigError, describe_changes, load_config, resume_changes, save_config
+from superconverge.checkpoint import REQUEUE_EXIT_CODE, check_fits, resolve_resume, validate_checkpoint
+from superconverge.config import Config, ConfigError, describe_changes, load_config, resume_changes
 from superconverge.console import RunConsole
 from superconverge.data import build_data
 from superconverge.errors import UserError
 from superconverge.lr_finder import MaxLRChoice, RangeTestResult, find_max_lr
 from superconverge.models import build_model
+from superconverge.run_dir import RunDir
 from superconverge.signals import StopSignals
 from superconverge.tracking import Tracking, start_tracking, wants_wandb
 from superconverge.trainer import Trainer, prepare_model
@@ -136,28 +136,6 @@ def check_compiler(cfg: Config) -> None:
         raise UserError("trainer.compile=true on the CPU needs a C++ compiler: apt-get install g++, or set trainer.compile=false")
 
 
-def open_run_dir(cfg: Config, accelerator: Accelerator) -> RunLock | None:
-    """Create the run directory and lock it for this run; a refusal reaches every rank."""
-    lock, refusal = None, None
-    if accelerator.is_main_process:
-        run_dir = Path(cfg.output_dir)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        try:
-            lock = RunLock(run_dir)
-        except CheckpointError as exc:
-            refusal = str(exc)
-    refusal = broadcast_object_list([refusal], from_process=0)[0]
-    if refusal is not None:
-        raise CheckpointError(refusal)
-    return lock
-
-
-def record_config(cfg: Config, accelerator: Accelerator) -> None:
-    """config.yaml, written only once the run is known to go ahead (a refused run leaves the old one)."""
-    if accelerator.is_main_process:
-        save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-
-
 class StoppedBeforeTraining(Exception):
     """A stop signal (or a dead launcher) arrived before the training loop: nothing to checkpoint yet."""
 
@@ -166,14 +144,12 @@ class StoppedBeforeTraining(Exception):
         self.stage = stage
 
 
-def stop_if_requested(stop: StopSignals, accelerator: Accelerator, cfg: Config, lock: RunLock | None, stage: str) -> None:
+def stop_if_requested(stop: StopSignals, accelerator: Accelerator, run_dir: RunDir, stage: str) -> None:
     """Between start-up stages: a stop request ends the run here on every rank, marked for requeue."""
     if not stop.agreed(accelerator):
         return
-    if accelerator.is_main_process:
-        summary = {"completed": False, "preempted": True, "stopped_during": stage, "run_dir": str(cfg.output_dir)}
-        (Path(cfg.output_dir) / "summary.json").write_text(jsonfile.dumps(summary, indent=2))
-        lock.release()
+    run_dir.write_summary({"completed": False, "preempted": True, "stopped_during": stage, "run_dir": str(run_dir.path)})
+    run_dir.close()
     raise StoppedBeforeTraining(stage)
 
 
@@ -185,22 +161,21 @@ def build_trainer(argv: list[str] | None, stop: StopSignals) -> Trainer:
     cfg, data, model = prepare_inputs(argv)
     stop.orphan_grace_seconds = cfg.trainer.orphan_grace_seconds
     accelerator = make_accelerator(cfg)
-    lock = open_run_dir(cfg, accelerator)
-    stop_if_requested(stop, accelerator, cfg, lock, "data loading")
+    run_dir = RunDir.open(cfg, accelerator)
+    stop_if_requested(stop, accelerator, run_dir, "data loading")
     resume_from, resume_state = find_resume_point(cfg, model)
-    record_config(cfg, accelerator)
+    run_dir.record_config(cfg)
     console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
     tracking = start_tracking(cfg, accelerator)
-    stop_if_requested(stop, accelerator, cfg, lock, "W&B start")
+    stop_if_requested(stop, accelerator, run_dir, "W&B start")
     console.banner(run_facts(cfg, accelerator, data, model, tracking))
     model = prepare_model(cfg, accelerator, model)
     choice = resumed_choice(resume_state) or find_max_lr(cfg, accelerator, data, model, console)
-    stop_if_requested(stop, accelerator, cfg, lock, "the LR range test")
+    stop_if_requested(stop, accelerator, run_dir, "the LR range test")
     if choice.range_test is not None:
         tracking.log_range_test(choice.range_test, Path(cfg.output_dir) / "lr_finder.png")
-    trainer = Trainer(cfg, accelerator, data, model, choice, resume_from, console, tracking, stop)
-    trainer.run_lock = lock
-    return trainer
+    resume = (resume_from, resume_state) if resume_from is not None else None
+    return Trainer(cfg, accelerator, data, model, choice, resume, run_dir, console, tracking, stop)
 
 
 def run_facts(cfg: Config, accelerator: Accelerator, data, model, tracking: Tracking) -> dict:
@@ -261,13 +236,13 @@ def lr_find_main(argv: list[str] | None = None) -> int:
     try:
         cfg, data, model = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
         accelerator = make_accelerator(cfg)
-        lock = open_run_dir(cfg, accelerator)
-        record_config(cfg, accelerator)
+        run_dir = RunDir.open(cfg, accelerator)
+        run_dir.record_config(cfg)
         model = prepare_model(cfg, accelerator, model)
         choice = find_max_lr(cfg, accelerator, data, model, RunConsole(cfg.console, accelerator.is_main_process))
         if accelerator.is_main_process:
-            print_suggestions(choice.range_test, Path(cfg.output_dir))
-            lock.release()
+            print_suggestions(choice.range_test, run_dir.path)
+        run_dir.close()
         accelerator.end_training()
     except UserError as exc:
         report_error(f"superconverge lr-find: error: {exc}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,14 +14,14 @@ from accelerate import Accelerator
 from accelerate.utils import is_compiled_module, set_seed
 from torch.utils.data import DataLoader
 
-from superconverge import jsonfile
-from superconverge.checkpoint import STATE_FILE, CheckpointError, CheckpointStore, RunLock, load_model_weights
+from superconverge.checkpoint import CheckpointError, load_model_weights
 from superconverge.config import Config
 from superconverge.console import RunConsole
 from superconverge.data import DataBundle
 from superconverge.errors import UserError
 from superconverge.lr_finder import MaxLRChoice
 from superconverge.metrics import EarlyStopping, SplitTotals
+from superconverge.run_dir import RunDir
 from superconverge.schedule import build_one_cycle, build_optimizer, current_momentum, optimizer_steps_per_epoch
 from superconverge.signals import StopSignals
 from superconverge.tracking import Tracking
@@ -82,21 +81,21 @@ class Trainer:
         data: DataBundle,
         model: torch.nn.Module,
         choice: MaxLRChoice,
-        resume_from: Path | None,
+        resume: tuple[Path, dict] | None,
+        run_dir: RunDir,
         console: RunConsole,
         tracking: Tracking,
         stop: StopSignals,
     ) -> None:
-        self.cfg, self.accelerator, self.run_dir = cfg, accelerator, Path(cfg.output_dir)
+        self.cfg, self.accelerator, self.run_dir = cfg, accelerator, run_dir  # locked; closed when the run ends
         self.console, self.tracking = console, tracking
         self.stop = stop  # installed by the caller before any work, restored by it when the run ends
         self.preempted = False
-        self.run_lock: RunLock | None = None  # the output_dir lock (main process), released when the run ends
         self._nonfinite = torch.zeros((), device=accelerator.device)  # non-finite losses seen; read at check points only
         max_lr = choice.max_lr
         self.train_transform, self.eval_transform = data.train_transform, data.eval_transform
         self.augment_generator = torch.Generator(accelerator.device)
-        self.store = CheckpointStore(self.run_dir / "checkpoints")
+        self.store = run_dir.checkpoints
         train, val, test = make_loaders(cfg, data, pin_memory=accelerator.device.type == "cuda")
         optimizer = build_optimizer(cfg.optimizer, model, lr=max_lr / cfg.schedule.div_factor)
         self.model = model  # prepared by prepare_model before the range test
@@ -109,8 +108,8 @@ class Trainer:
         self.stopper = EarlyStopping(es.metric, es.patience, es.min_delta)
         # A different augmentation stream on each rank; a resumed run gets its saved RNG back instead.
         set_seed(cfg.seed, device_specific=True)
-        if resume_from is not None:
-            self._resume(resume_from)
+        if resume is not None:
+            self._resume(*resume)
         self._wall_before = self.state.wall_seconds
         self._steps_at_start, self._epochs_at_start = self.state.optimizer_steps, self.state.epoch
         self._started = time.perf_counter()
@@ -123,8 +122,8 @@ class Trainer:
         gc.collect()
         self.accelerator.end_training()  # trackers finish, the process group is destroyed
 
-    def _resume(self, path: Path) -> None:
-        saved = json.loads((path / STATE_FILE).read_text())
+    def _resume(self, path: Path, saved: dict) -> None:
+        """Continue from a checkpoint folder and its trainer state (read and checked before any work)."""
         if saved["total_steps"] != self.state.total_steps:
             raise CheckpointError(
                 f"checkpoint {path} belongs to a schedule of {saved['total_steps']} optimizer steps, but this config gives "
@@ -141,7 +140,7 @@ class Trainer:
 
     def fit(self) -> dict:
         self.stop.training = True
-        self._write_history()
+        self.run_dir.write_history(self.state.history)
         finished = self.state.stopped_early or self.state.epoch >= self.epochs
         try:
             while not finished:
@@ -324,7 +323,7 @@ class Trainer:
         record.update(best=improved, seconds=round(time.perf_counter() - self._epoch_began, 3), train_images_per_second=speed)
         state.history.append(record)
         self._save(["last", "best"] if improved else ["last"])
-        self._append_history(record)
+        self.run_dir.append_history(record)
         self.console.end_epoch(record)
         epoch_values = {f"epoch/{k}": v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         self.tracking.log(epoch_values, step=state.optimizer_steps)
@@ -337,16 +336,6 @@ class Trainer:
         state.early_stopping = self.stopper.state_dict()
         state.wall_seconds = self._wall_before + time.perf_counter() - self._started
         self.store.save(self.accelerator, asdict(state), links)
-
-    def _write_history(self) -> None:
-        if self.accelerator.is_main_process:
-            lines = "".join(jsonfile.dumps(r) + "\n" for r in self.state.history)
-            (self.run_dir / "metrics.jsonl").write_text(lines)
-
-    def _append_history(self, record: dict) -> None:
-        if self.accelerator.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as handle:
-                handle.write(jsonfile.dumps(record) + "\n")
 
     def _test(self) -> float | None:
         best = self.store.link("best") or self.store.link("last")
@@ -388,16 +377,13 @@ class Trainer:
             "train_images_per_second": state.train_images / state.train_seconds if state.train_seconds else None,
             "wandb_run_id": self.tracking.run_id,
             "wandb_mode": self.tracking.mode,
-            "run_dir": str(self.run_dir),
+            "run_dir": str(self.run_dir.path),
         }
         keys = ("best_val_acc", "test_acc", "max_lr", "lr_policy", "optimizer_steps", "epochs_completed", "stopped_early")
         self.tracking.summarize({k: summary[k] for k in keys})
-        if self.accelerator.is_main_process:
-            trace = {"total_steps": state.total_steps, "lr": state.lr_trace, "momentum": state.momentum_trace}
-            (self.run_dir / "lr_trace.json").write_text(jsonfile.dumps(trace))
-            (self.run_dir / "summary.json").write_text(jsonfile.dumps(summary, indent=2))
+        self.run_dir.write_lr_trace({"total_steps": state.total_steps, "lr": state.lr_trace, "momentum": state.momentum_trace})
+        self.run_dir.write_summary(summary)
         self.console.finish(summary, self.tracking.describe())
         self.accelerator.wait_for_everyone()
-        if self.run_lock is not None:
-            self.run_lock.release()
+        self.run_dir.close()
         return summary
