@@ -43,6 +43,29 @@ def test_errors_name_the_key_and_the_source(override, key):
     assert f"{key}:" in str(info.value) and "[command line]" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("trainer.epohcs=3", "trainer.epohcs: unknown key (did you mean trainer.epochs?) [command line]"),
+     ("data.batchsize=3", "data.batchsize: unknown key (did you mean data.batch_size?) [command line]"),
+     ("trianer.epochs=3", "trianer: unknown key (did you mean trainer?) [command line]"),  # a typo in the section
+     ("tracking.wandb.projct=x", "tracking.wandb.projct: unknown key (did you mean tracking.wandb.project?) [command line]"),
+     ("data.batch_size.x=3", "data.batch_size: Input should be a valid integer [command line]"),
+     ("zzz=1", "zzz: unknown key [command line]")],
+)  # fmt: skip
+def test_unknown_keys_suggest_the_nearest_and_blame_the_command_line(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "configs" / "digits.yaml", [override])
+    assert str(info.value).splitlines()[1].strip() == expected
+
+
+def test_unknown_key_in_a_file_is_blamed_on_the_file_even_with_overrides(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("trainer:\n  epoch: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["trainer.epochs=3"])
+    assert str(info.value).splitlines()[1].strip() == f"trainer.epoch: unknown key (did you mean trainer.epochs?) [{path}]"
+
+
 def test_error_in_file_names_the_file(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("trainer:\n  epochs: -2\n")

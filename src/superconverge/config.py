@@ -6,6 +6,7 @@ tree against the schema below, so every error names the offending key.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -197,18 +198,35 @@ def _key_of(loc: tuple) -> str:
     return ".".join(parts)
 
 
+def _nearest_key(key: str) -> str | None:
+    """The valid key an unknown one was probably meant to be (same section, close spelling)."""
+    *parents, name = key.split(".")
+    model = Config
+    for part in parents:
+        model = getattr(model, "model_fields", {}).get(part)
+        model = model.annotation if model is not None else None
+    match = difflib.get_close_matches(name, list(getattr(model, "model_fields", ())), n=1, cutoff=0.6)
+    return ".".join([*parents, match[0]]) if match else None
+
+
 def _format_errors(error: ValidationError, source: str, override_keys: set[str]) -> str:
     messages: dict[str, list[str]] = {}
     for item in error.errors():
         key = _key_of(item["loc"])
         if item["type"] == "extra_forbidden":
-            message = "unknown key"
+            nearest = _nearest_key(key)
+            message = "unknown key" + (f" (did you mean {nearest}?)" if nearest else "")
         else:
             message = item["msg"]
             if "input" in item and not isinstance(item["input"], dict):
                 message += f" (got {item['input']!r})"
         messages.setdefault(key, []).append(message)
-    lines = [f"{key}: {' or '.join(found)} [{'command line' if key in override_keys else source}]" for key, found in messages.items()]
+
+    def origin(key: str) -> str:
+        from_command_line = any(given == key or given.startswith(key + ".") for given in override_keys)
+        return "command line" if from_command_line else source
+
+    lines = [f"{key}: {' or '.join(found)} [{origin(key)}]" for key, found in messages.items()]
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
