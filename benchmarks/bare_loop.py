@@ -46,7 +46,7 @@ def main() -> None:
     optimizer = build_optimizer(cfg.optimizer, model, lr=args.max_lr / cfg.schedule.div_factor)
     forward = torch.compile(model) if cfg.trainer.compile else model
     pin = device.type == "cuda"
-    train = DataLoader(data.train, batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers, pin_memory=pin)
+    train = DataLoader(data.train, batch_size=cfg.data.batch_size, shuffle=True, num_workers=data.workers, pin_memory=pin)
     val, test = (DataLoader(split, batch_size=cfg.data.batch_size, pin_memory=pin) for split in (data.val, data.test))
     steps = cfg.trainer.epochs * len(train)
     schedule = torch.optim.lr_scheduler.OneCycleLR(

@@ -38,7 +38,7 @@ def timed(step, seconds: float = SECONDS) -> float:
 
 
 def loader_rate(cfg, data) -> float:
-    loader = DataLoader(data.train, batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers)
+    loader = DataLoader(data.train, batch_size=cfg.data.batch_size, shuffle=True, num_workers=data.workers)
     generator = torch.Generator().manual_seed(0)
     batches = iter(())
 

@@ -123,3 +123,20 @@ def test_an_image_that_fails_only_when_decoded_is_named_or_replaced(tmp_path, ca
             image, label = bundle.train[position]
             assert image.shape == (3, 16, 16) and bundle.train.skipped == [str(bad)]
             assert f"skipping unreadable image {bad}" in capsys.readouterr().err
+
+
+def test_auto_workers_only_for_images_decoded_one_by_one(tmp_path, monkeypatch):
+    assert build_data(DataConfig(name="digits")).workers == 0  # in memory: a worker would only copy tensors
+    assert build_data(DataConfig(name="digits", num_workers=3)).workers == 3
+    make_folder(tmp_path, {"cobra": 2, "viper": 2})
+    cores = len(os.sched_getaffinity(0))
+    assert build_data(DataConfig(name="imagefolder", root=tmp_path, image_size=16)).workers == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores * 2))  # more processes than cores: still one each
+    assert build_data(DataConfig(name="imagefolder", root=tmp_path, image_size=16)).workers == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})  # the cores this process may use, not the machine's
+    try:
+        assert build_data(DataConfig(name="imagefolder", root=tmp_path, image_size=16)).workers == 1
+    finally:
+        os.sched_setaffinity(0, allowed)

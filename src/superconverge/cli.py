@@ -187,7 +187,7 @@ def run_facts(cfg: Config, accelerator: Accelerator, data, model, tracking: Trac
         "compile": cfg.trainer.compile_mode if cfg.trainer.compile else "off",
         "channels_last": cfg.trainer.channels_last,
         "global_batch": cfg.global_batch_size(accelerator.num_processes),
-        "data": f"{cfg.data.name} train/val/test={sizes}",
+        "data": f"{cfg.data.name} train/val/test={sizes} workers={data.workers}",
         "model": f"{cfg.model.name} params={sum(p.numel() for p in model.parameters())}",
         "max_lr": cfg.schedule.max_lr,
         "run_dir": cfg.output_dir,

@@ -35,7 +35,9 @@ class DataConfig(Section):
     name: DatasetName = "fashion_mnist"
     root: Path = Path("data")
     batch_size: PositiveInt = 128
-    num_workers: Annotated[int, Field(ge=0)] = 0
+    # auto: 0 for the in-memory data sets (batches are augmented on the device); for images decoded
+    # one by one (imagefolder), the cores this process may use, shared among the processes of its machine.
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     split_seed: int = 0
     limit_train: PositiveInt | None = None

@@ -44,6 +44,11 @@ class DataBundle:
     # Set for in-memory data sets, whose loaders yield uint8 batches: the trainer applies these.
     train_transform: BatchTransform | None = None
     eval_transform: BatchTransform | None = None
+    workers: int = 0  # DataLoader workers per process (data.num_workers, auto resolved)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.train_transform is not None
 
 
 @dataclass
@@ -366,4 +371,16 @@ def build_data(cfg: DataConfig) -> DataBundle:
     bundle = _pil_bundle(cfg, cfg.split_seed) if cfg.name == "imagefolder" else _tensor_bundle(cfg, cfg.split_seed)
     if len(bundle.train) == 0:
         raise DataError(f"data set '{cfg.name}' has no training images after the validation split")
+    bundle.workers = loader_workers(cfg.num_workers, bundle.in_memory)
     return bundle
+
+
+def loader_workers(num_workers: int | str, in_memory: bool) -> int:
+    """``data.num_workers``, with ``auto`` resolved for this process."""
+    if num_workers != "auto":
+        return int(num_workers)
+    if in_memory:
+        return 0  # a worker would only copy tensors that are already decoded
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cores // local_processes)

@@ -171,7 +171,7 @@ def run_range_test(cfg: Config, data: DataBundle, model: nn.Module, optimizer: t
     """
     finder_cfg, world = cfg.lr_finder, accelerator.num_processes
     sampler = GlobalBatchSampler(len(data.train), cfg.data.batch_size, accelerator.process_index, world, cfg.seed)
-    loader = DataLoader(data.train, batch_sampler=sampler, num_workers=cfg.data.num_workers)
+    loader = DataLoader(data.train, batch_sampler=sampler, num_workers=data.workers)
     batches = _TrainingBatches(loader, data.train_transform, accelerator, cfg.seed, cfg.trainer.channels_last, progress)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optimizer.label_smoothing)
     finder = _GlobalBatchFinder(model, optimizer, criterion, device=accelerator.device, accelerator=accelerator,

@@ -64,7 +64,7 @@ def prepare_model(cfg: Config, accelerator: Accelerator, model: torch.nn.Module)
 
 
 def make_loaders(cfg: Config, data: DataBundle, pin_memory: bool) -> tuple[DataLoader, DataLoader | None, DataLoader | None]:
-    common = dict(num_workers=cfg.data.num_workers, pin_memory=pin_memory, persistent_workers=cfg.data.num_workers > 0)
+    common = dict(num_workers=data.workers, pin_memory=pin_memory, persistent_workers=data.workers > 0)
     train = DataLoader(data.train, batch_size=cfg.data.batch_size, shuffle=True, drop_last=cfg.data.drop_last, **common)
 
     def evaluation(ds):
