@@ -55,7 +55,8 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     name: str = "small_cnn"
-    pretrained: bool = False
+    pretrained: bool = False  # torchvision's weights, downloaded once per machine into the torch hub cache
+    weights_mirror: str | None = None  # a server with torchvision's weight files under their own names (no internet)
     weights_file: Path | None = None
 
     @field_validator("name")

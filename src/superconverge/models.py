@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import socket
 from functools import cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torchvision
@@ -132,15 +135,37 @@ def load_compatible(model: nn.Module, state: dict[str, torch.Tensor], source: st
         raise ModelError(f"weights from {source} do not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
 
 
-def _torchvision_pretrained(name: str) -> dict[str, torch.Tensor]:
+DOWNLOAD_TIMEOUT_SECONDS = 60  # urllib waits forever by default; a silent network must not hang every rank
+
+
+def _torchvision_pretrained(name: str, mirror: str | None) -> dict[str, torch.Tensor]:
+    """torchvision's published weights for ``name``, fetched into the torch hub cache once per machine.
+
+    There is no process group yet, so the ranks of a machine take turns on a file lock in the
+    cache: the first downloads (torch.hub writes a partial file and renames it), the others
+    find the file and load it. Jobs sharing the cache share the download too.
+    """
     weights = torchvision.models.get_model_weights(name).DEFAULT
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not cached.is_file():
-        raise ModelError(
-            f"model.pretrained: torchvision weights for '{name}' are not in the local cache ({cached}) and cannot be "
-            "downloaded here. Copy the file there, or set model.weights_file to a local state dict."
-        )
-    return torch.load(cached, map_location="cpu", weights_only=True)
+    file_name = Path(urlparse(weights.url).path).name
+    url = weights.url if mirror is None else f"{mirror.rstrip('/')}/{file_name}"
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".superconverge-download.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)
+        try:
+            # The official file name carries its hash; a mirror is trusted to serve the same file.
+            return torch.hub.load_state_dict_from_url(url, model_dir=str(cache), map_location="cpu", progress=False,
+                                                      check_hash=mirror is None, file_name=file_name, weights_only=True)  # fmt: skip
+        except (OSError, RuntimeError) as exc:  # URLError is an OSError; a hash mismatch a RuntimeError
+            raise ModelError(
+                f"model.pretrained: torchvision weights for '{name}' are not in the local cache ({cache / file_name}) and "
+                f"could not be downloaded from {url} ({type(exc).__name__}: {exc}). Copy the file there, set "
+                "model.weights_mirror to a server that has it, or set model.weights_file to a local state dict."
+            ) from None
+        finally:
+            socket.setdefaulttimeout(previous)
 
 
 def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
@@ -151,7 +176,7 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Modu
     else:
         model = torchvision.models.get_model(cfg.name, weights=None)
         if cfg.pretrained:
-            load_compatible(model, _torchvision_pretrained(cfg.name), f"torchvision's {cfg.name} weights")
+            load_compatible(model, _torchvision_pretrained(cfg.name, cfg.weights_mirror), f"torchvision's {cfg.name} weights")
         _replace_head(model, num_classes)
     if cfg.weights_file is not None:
         load_compatible(model, _read_weights_file(Path(cfg.weights_file)), str(cfg.weights_file))
