@@ -1,13 +1,18 @@
 """Data-pipeline headroom: images/s the training loader delivers (with its augmentation) against
-images/s one training process consumes, per process, on one thread each (as `make train` runs).
+images/s one training process consumes, per process, on one thread each (as `make train` runs);
+and for an image folder of 224-px JPEGs (decoded by PIL, image by image), images/s per loader
+worker and in total, against what a GPU consumes, so the README can say how many cores per GPU
+an image-folder run needs.
 
     .venv/bin/python benchmarks/data_pipeline.py            # writes benchmarks/results/data_pipeline.md
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +30,11 @@ from superconverge.schedule import build_optimizer  # noqa: E402
 
 CONFIGS = ["configs/fashion_mnist.yaml", "configs/digits.yaml"]
 SECONDS = 8.0
+FOLDER_IMAGES, FOLDER_CLASSES = 1024, 8
+# Published consumption of one GPU, for scale (no GPU was lent when this was measured):
+# NVIDIA DeepLearningExamples, PyTorch ResNet-50 v1.5, 1x A100 80GB, mixed precision, pytorch-21.03
+# NGC container: 2470 img/s (PyTorch/Classification/ConvNets/resnet50v1.5/README.md, "Training performance").
+GPU_CONSUMPTION = {"resnet50, 1x A100 80GB, mixed precision (NVIDIA DeepLearningExamples)": 2470}
 
 
 def timed(step, seconds: float = SECONDS) -> float:
@@ -75,8 +85,41 @@ def training_rate(cfg, data) -> float:
     return timed(step)
 
 
+def make_jpeg_folder(root: Path) -> None:
+    """224-px JPEGs with photo-like content (smooth shapes plus grain), quality 90."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for index in range(FOLDER_IMAGES):
+        coarse = torch.rand(3, 7, 7, generator=generator)
+        smooth = F.interpolate(coarse[None], size=(224, 224), mode="bicubic", align_corners=False)[0]
+        pixels = (smooth + 0.08 * torch.randn(3, 224, 224, generator=generator)).clamp(0, 1).mul(255).byte()
+        folder = root / f"class{index % FOLDER_CLASSES}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(folder / f"{index}.jpg", quality=90)
+
+
+def image_folder_rows() -> tuple[list[str], float]:
+    """Images/s of the product's imagefolder training loader (224 px, augmentation on) by worker count."""
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        make_jpeg_folder(Path(scratch))
+        cfg = load_config(None, ["data.name=imagefolder", f"data.root={scratch}", "data.image_size=224", "data.normalize=imagenet",
+                                 "data.batch_size=64", "data.val_fraction=0"])  # fmt: skip
+        data = build_data(cfg.data)
+        cores = len(os.sched_getaffinity(0))
+        for workers in sorted({0, 1, cores}):
+            data.workers = workers
+            rate = loader_rate(cfg, data)
+            per_worker = rate / max(workers, 1)
+            rows.append(f"| {workers} | {rate:,.0f} | {per_worker:,.0f} |")
+            print(rows[-1], flush=True)
+    return rows, per_worker
+
+
 def main() -> None:
     torch.set_num_threads(1)
+    folder_rows, per_worker = image_folder_rows()
     rows = []
     for path in CONFIGS:
         cfg = load_config(ROOT / path, [f"data.root={ROOT / 'data'}"])
@@ -97,9 +140,27 @@ def main() -> None:
         "| config | model | batch per process | loader images/s | training images/s | headroom |",
         "|---|---|---|---|---|---|",
     ]
+    folder = [
+        "",
+        "## Image folder: 224-px JPEGs decoded by PIL",
+        "",
+        f"{FOLDER_IMAGES} JPEGs of 224x224 (quality 90, smooth shapes plus grain), the product's `imagefolder` training loader "
+        "(`data.image_size=224`, random crop with padding, flip, ImageNet normalisation), batch 64, one thread per worker; "
+        "workers 0 means the loading process itself.",
+        "",
+        "| workers | images/s | images/s per worker |",
+        "|---|---|---|",
+        *folder_rows,
+        "",
+        "Cores a GPU needs for this pipeline alone (its consumption / images/s per worker of the widest row):",
+        "",
+        "| GPU consumption (source) | images/s | loader workers (cores) per GPU |",
+        "|---|---|---|",
+        *[f"| {name} | {rate:,} | {rate / per_worker:.0f} |" for name, rate in GPU_CONSUMPTION.items()],
+    ]
     out = ROOT / "benchmarks" / "results" / "data_pipeline.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(header + rows) + "\n")
+    out.write_text("\n".join(header + rows + folder) + "\n")
     print(f"wrote {out}")
 
 

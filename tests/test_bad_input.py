@@ -16,7 +16,8 @@ def expect_failure(args, *needles, nproc=2):
     if nproc == 2:  # both ranks report the error themselves, and the launcher's summary ends with it
         assert "[rank 1] superconverge: error:" in proc.stderr, proc.stderr[-3000:]
         root_cause = proc.stderr.split("Root Cause")[-1]
-        assert "exitcode  : 2" in root_cause and "traceback : superconverge: error:" in root_cause, proc.stderr[-3000:]
+        # The first rank to fail may be the other one, stopped by the launcher (-15) after writing its message.
+        assert "traceback : superconverge: error:" in root_cause, proc.stderr[-3000:]
         assert needles[0] in root_cause, root_cause
     # accelerate launch prints its own traceback for a failed child; ours must not appear.
     assert "superconverge/" not in proc.stderr and 'train.py", line' not in proc.stderr, proc.stderr[-3000:]
