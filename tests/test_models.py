@@ -1,13 +1,10 @@
 """Models by name, heads sized to the data, grayscale into RGB models, weights loaded safely."""
 
-import json
 import pickle
 
 import pytest
 import torch
 import torchvision
-from conftest import ROOT, run
-from local_server import CountingServer
 
 from superconverge.config import ModelConfig
 from superconverge.models import ModelError, build_model
@@ -60,36 +57,6 @@ def test_weights_files_are_loaded_weights_only(tmp_path):
 def test_builtin_models_have_no_published_weights():
     with pytest.raises(ModelError, match="weights_file"):
         build_model(ModelConfig(name="resnet9", pretrained=True), num_classes=10, in_channels=3)
-
-
-SHUFFLENET = torchvision.models.get_model_weights("shufflenet_v2_x0_5").DEFAULT
-
-
-@pytest.fixture(scope="module")
-def weights_server(tmp_path_factory):
-    """torchvision's shufflenet_v2_x0_5 file name, served from 127.0.0.1 (seeded weights: the real ones need internet)."""
-    folder = tmp_path_factory.mktemp("mirror")
-    torch.manual_seed(0)
-    torch.save(torchvision.models.get_model("shufflenet_v2_x0_5", weights=None).state_dict(), folder / SHUFFLENET.url.rsplit("/", 1)[1])
-    server = CountingServer(folder)
-    yield server, folder / SHUFFLENET.url.rsplit("/", 1)[1]
-    server.close()
-
-
-def test_pretrained_weights_are_downloaded_once_per_machine_and_every_rank_loads_them(weights_server, tmp_path):
-    server, served = weights_server
-    name = "/" + served.name
-    before = server.requests[name]
-    args = ["--config", str(ROOT / "configs" / "digits.yaml"), "data.name=fake", "model.name=shufflenet_v2_x0_5",
-            "model.pretrained=true", f"model.weights_mirror={server.url}", f"output_dir={tmp_path / 'run'}"]  # fmt: skip
-    run(["2", str(served), str(tmp_path / "reports"), *args], nproc=2, script="tests/workers/pretrained_worker.py",
-        env={"TORCH_HOME": str(tmp_path / "torch")})  # fmt: skip
-    reports = [json.loads((tmp_path / "reports" / f"rank{r}.json").read_text()) for r in range(2)]
-    assert [r["world_size"] for r in reports] == [2, 2]
-    assert all(r["body_equal"] and r["head_classes"] == 10 for r in reports)  # served weights, head resized for 10 classes
-    assert server.requests[name] == before + 1  # once for the machine, not once per rank
-    assert (tmp_path / "torch" / "hub" / "checkpoints" / served.name).read_bytes() == served.read_bytes()
-    assert not list((tmp_path / "torch" / "hub" / "checkpoints").glob("*.partial"))
 
 
 def test_an_unreachable_weights_server_is_a_clear_error(tmp_path, monkeypatch):

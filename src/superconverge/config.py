@@ -34,6 +34,7 @@ class Section(BaseModel):
 class DataConfig(Section):
     name: DatasetName = "fashion_mnist"
     root: Path = Path("data")
+    mirror: str | None = None  # a server with the data sets' archives under their own names (no internet)
     batch_size: PositiveInt = 128
     # auto: 0 for the in-memory data sets (batches are augmented on the device); for images decoded
     # one by one (imagefolder), the cores this process may use, shared among the processes of its machine.

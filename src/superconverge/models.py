@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import socket
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
@@ -13,6 +11,7 @@ import torchvision
 from torch import nn
 
 from superconverge.config import ModelConfig
+from superconverge.downloads import one_at_a_time
 from superconverge.errors import UserError
 
 BUILTIN = ("small_cnn", "resnet9")
@@ -135,25 +134,14 @@ def load_compatible(model: nn.Module, state: dict[str, torch.Tensor], source: st
         raise ModelError(f"weights from {source} do not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
 
 
-DOWNLOAD_TIMEOUT_SECONDS = 60  # urllib waits forever by default; a silent network must not hang every rank
-
-
 def _torchvision_pretrained(name: str, mirror: str | None) -> dict[str, torch.Tensor]:
-    """torchvision's published weights for ``name``, fetched into the torch hub cache once per machine.
-
-    There is no process group yet, so the ranks of a machine take turns on a file lock in the
-    cache: the first downloads (torch.hub writes a partial file and renames it), the others
-    find the file and load it. Jobs sharing the cache share the download too.
-    """
+    """torchvision's published weights for ``name``, fetched into the torch hub cache once per machine
+    (torch.hub writes a partial file and renames it)."""
     weights = torchvision.models.get_model_weights(name).DEFAULT
     file_name = Path(urlparse(weights.url).path).name
     url = weights.url if mirror is None else f"{mirror.rstrip('/')}/{file_name}"
     cache = Path(torch.hub.get_dir()) / "checkpoints"
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".superconverge-download.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)
+    with one_at_a_time(cache):
         try:
             # The official file name carries its hash; a mirror is trusted to serve the same file.
             return torch.hub.load_state_dict_from_url(url, model_dir=str(cache), map_location="cpu", progress=False,
@@ -164,8 +152,6 @@ def _torchvision_pretrained(name: str, mirror: str | None) -> dict[str, torch.Te
                 f"could not be downloaded from {url} ({type(exc).__name__}: {exc}). Copy the file there, set "
                 "model.weights_mirror to a server that has it, or set model.weights_file to a local state dict."
             ) from None
-        finally:
-            socket.setdefaulttimeout(previous)
 
 
 def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:

@@ -1,0 +1,272 @@
+"""Entry point: ``accelerate launch train.py --config configs/X.yaml key=value ...``.
+
+Everything that can be wrong with the user's input is checked on every rank before the
+process group forms, so a bad key fails every rank at once instead of leaving one in a barrier.
+The checkpoint to resume is read once the run directory is locked, again on every rank alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin, set_seed
+
+from superconverge.checkpoint import REQUEUE_EXIT_CODE, check_fits, resolve_resume, validate_checkpoint
+from superconverge.config import Config, ConfigError, describe_changes, load_config, resume_changes
+from superconverge.console import RunConsole
+from superconverge.data import build_data
+from superconverge.errors import UserError
+from superconverge.lr_finder import MaxLRChoice, RangeTestResult, find_max_lr
+from superconverge.models import build_model
+from superconverge.run_dir import RunDir
+from superconverge.signals import StopSignals
+from superconverge.tracking import Tracking, start_tracking, wants_wandb
+from superconverge.trainer import Trainer, prepare_model
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="train.py", description="One-cycle training with Accelerate.")
+    parser.add_argument("--config", type=Path, help="YAML experiment file (configs/*.yaml)")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors (console.mode=quiet)")
+    parser.add_argument("--verbose", action="store_true", help="report every 10 steps (console.log_every_steps=10)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. trainer.epochs=3")
+    args = parser.parse_args(argv)
+    args.overrides = (
+        (["console.mode=quiet"] if args.quiet else []) + (["console.log_every_steps=10"] if args.verbose else []) + args.overrides
+    )
+    return args
+
+
+def resumed_choice(resume_state: dict | None) -> MaxLRChoice | None:
+    """A resumed run continues the schedule it started, with the max_lr it chose then."""
+    if resume_state is None:
+        return None
+    return MaxLRChoice(float(resume_state["max_lr"]), resume_state["lr_policy"], resume_state["lr_finder_seconds"], reused=True,
+                       suggestions=resume_state.get("lr_suggestions", {}))  # fmt: skip
+
+
+def uses_cpu(cfg: Config) -> bool:
+    return cfg.trainer.cpu if cfg.trainer.cpu is not None else not torch.cuda.is_available()
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    # The config decides compilation, not `accelerate launch --dynamo_backend`, so a run is reproducible from its config.yaml.
+    dynamo = TorchDynamoPlugin(backend="inductor" if cfg.trainer.compile else "no", mode=cfg.trainer.compile_mode)
+    return Accelerator(
+        # Accelerate forms a gloo process group only when told to use the CPU; without this a
+        # CPU-only `--multi_gpu --num_processes 2` launch would start two independent runs.
+        cpu=uses_cpu(cfg),
+        dynamo_plugin=dynamo,
+        log_with="wandb" if wants_wandb(cfg) else None,
+        project_dir=str(cfg.output_dir),
+        mixed_precision=cfg.trainer.mixed_precision,
+        gradient_accumulation_steps=cfg.trainer.grad_accum_steps,
+        step_scheduler_with_optimizer=False,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.trainer.collective_timeout_minutes))],
+    )
+
+
+def prepare_inputs(argv: list[str] | None, forced: tuple[str, ...] = ()):
+    """Config, data and model, validated identically on every rank."""
+    args = parse_args(argv)
+    cfg = load_config(args.config, [*args.overrides, *forced])
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True)
+    check_compiler(cfg)
+    check_output_dir(Path(cfg.output_dir))
+    if cfg.trainer.resume not in ("auto", "none"):
+        resolve_resume(cfg.trainer.resume, Path(cfg.output_dir))  # a named checkpoint that is not there: fail before any work
+    data = build_data(cfg.data)
+    set_seed(cfg.seed)
+    model = build_model(cfg.model, data.num_classes, data.in_channels)
+    return cfg, data, model
+
+
+def find_resume_point(cfg: Config, model: torch.nn.Module) -> tuple[Path | None, dict | None]:
+    """The checkpoint to continue from, read whole and checked against the model (every rank, run dir locked)."""
+    resume_from = resolve_resume(cfg.trainer.resume, Path(cfg.output_dir))
+    if resume_from is None:
+        return None, None
+    resume_state = validate_checkpoint(resume_from)
+    check_fits(resume_from, model)
+    check_config_unchanged(cfg, resume_from, resume_state)
+    return resume_from, resume_state
+
+
+def check_config_unchanged(cfg: Config, resume_from: Path, resume_state: dict) -> None:
+    """A resumed run keeps what shaped its checkpoint; changes it can apply are applied and said."""
+    saved = resume_state.get("config")
+    if saved is None:
+        return  # a checkpoint from before configs were stored in it
+    applied, refused = resume_changes(saved, cfg)
+    if refused:
+        raise ConfigError(
+            f"cannot resume {resume_from} with a changed {describe_changes(refused)}: a resumed run continues the "
+            "schedule, data and model it started with. Put these back, or start a new run with trainer.resume=none "
+            "or another output_dir"
+        )
+    if applied and os.environ.get("RANK", "0") == "0":
+        print(f"superconverge: resuming with {describe_changes(applied)}", file=sys.stderr, flush=True)
+
+
+def check_output_dir(path: Path) -> None:
+    """output_dir can be created and written: a file in its way is an error before any work, on every rank."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"output_dir {path}: {existing} is a file, not a directory")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {path}: {existing} is not writable")
+
+
+def check_compiler(cfg: Config) -> None:
+    """Inductor builds C++ kernels on the CPU; without a compiler it fails only at the first step."""
+    compilers = (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")
+    if cfg.trainer.compile and uses_cpu(cfg) and not any(shutil.which(cxx) for cxx in compilers):
+        raise UserError("trainer.compile=true on the CPU needs a C++ compiler: apt-get install g++, or set trainer.compile=false")
+
+
+class StoppedBeforeTraining(Exception):
+    """A stop signal (or a dead launcher) arrived before the training loop: nothing to checkpoint yet."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(f"stopped on a signal during {stage}, before training; a rerun starts this stage again")
+        self.stage = stage
+
+
+def stop_if_requested(stop: StopSignals, accelerator: Accelerator, run_dir: RunDir, stage: str) -> None:
+    """Between start-up stages: a stop request ends the run here on every rank, marked for requeue."""
+    if not stop.agreed(accelerator):
+        return
+    run_dir.write_summary({"completed": False, "preempted": True, "stopped_during": stage, "run_dir": str(run_dir.path)})
+    run_dir.close()
+    raise StoppedBeforeTraining(stage)
+
+
+def build_trainer(argv: list[str] | None, stop: StopSignals) -> Trainer:
+    """config -> data and model -> locked run dir, resume point -> (range test on every rank) -> prepared objects.
+
+    ``stop`` is already installed: a signal in any stage ends the run at the next stage boundary.
+    """
+    cfg, data, model = prepare_inputs(argv)
+    stop.orphan_grace_seconds = cfg.trainer.orphan_grace_seconds
+    accelerator = make_accelerator(cfg)
+    run_dir = RunDir.open(cfg, accelerator)
+    stop_if_requested(stop, accelerator, run_dir, "data loading")
+    resume_from, resume_state = find_resume_point(cfg, model)
+    run_dir.record_config(cfg)
+    console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
+    tracking = start_tracking(cfg, accelerator)
+    stop_if_requested(stop, accelerator, run_dir, "W&B start")
+    console.banner(run_facts(cfg, accelerator, data, model, tracking))
+    model = prepare_model(cfg, accelerator, model)
+    choice = resumed_choice(resume_state) or find_max_lr(cfg, accelerator, data, model, console)
+    stop_if_requested(stop, accelerator, run_dir, "the LR range test")
+    if choice.range_test is not None:
+        tracking.log_range_test(choice.range_test, Path(cfg.output_dir) / "lr_finder.png")
+    resume = (resume_from, resume_state) if resume_from is not None else None
+    return Trainer(cfg, accelerator, data, model, choice, resume, run_dir, console, tracking, stop)
+
+
+def run_facts(cfg: Config, accelerator: Accelerator, data, model, tracking: Tracking) -> dict:
+    sizes = "/".join(str(len(split)) if split is not None else "-" for split in (data.train, data.val, data.test))
+    return {
+        "world_size": accelerator.num_processes,
+        "device": accelerator.device.type,
+        "precision": accelerator.mixed_precision,
+        "compile": cfg.trainer.compile_mode if cfg.trainer.compile else "off",
+        "channels_last": cfg.trainer.channels_last,
+        "global_batch": cfg.global_batch_size(accelerator.num_processes),
+        "data": f"{cfg.data.name} train/val/test={sizes} workers={data.workers}",
+        "model": f"{cfg.model.name} params={sum(p.numel() for p in model.parameters())}",
+        "max_lr": cfg.schedule.max_lr,
+        "run_dir": cfg.output_dir,
+        "wandb": tracking.describe().replace(" ", ":"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    with StopSignals() as stop:
+        try:
+            trainer = build_trainer(argv, stop)
+            trainer.fit()
+            trainer.close()
+            return REQUEUE_EXIT_CODE if trainer.preempted else 0
+        except StoppedBeforeTraining as exc:
+            print(f"superconverge: {exc}", file=sys.stderr, flush=True)
+            return REQUEUE_EXIT_CODE
+        except UserError as exc:
+            report_error(f"superconverge: error: {exc}")
+            return 2
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            report_error(f"superconverge: error: no space left on the device of {exc.filename or 'the run directory'}: free some "
+                         "space and rerun to resume from the last checkpoint")  # fmt: skip
+            return 2
+
+
+def report_error(message: str) -> None:
+    """The clean message on stderr and, under ``accelerate launch``, as the launcher's "Root Cause".
+
+    torchelastic ends a failed job with its own traceback and a summary of failed ranks; a rank's
+    error file (the path it passes in TORCHELASTIC_ERROR_FILE) is what that summary shows, so the
+    message is also the last thing a user reads there.
+    """
+    rank = os.environ.get("RANK")
+    print(f"{'' if rank in (None, '0') else f'[rank {rank}] '}{message}", file=sys.stderr, flush=True)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        Path(error_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(error_file).write_text(json.dumps({"message": message, "timestamp": int(time.time())}))
+
+
+def lr_find_main(argv: list[str] | None = None) -> int:
+    """Run only the range test for a config (same code path, distributed too) and print the suggestions."""
+    try:
+        cfg, data, model = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
+        accelerator = make_accelerator(cfg)
+        run_dir = RunDir.open(cfg, accelerator)
+        run_dir.record_config(cfg)
+        model = prepare_model(cfg, accelerator, model)
+        choice = find_max_lr(cfg, accelerator, data, model, RunConsole(cfg.console, accelerator.is_main_process))
+        if accelerator.is_main_process:
+            print_suggestions(choice.range_test, run_dir.path)
+        run_dir.close()
+        accelerator.end_training()
+    except UserError as exc:
+        report_error(f"superconverge lr-find: error: {exc}")
+        return 2
+    return 0
+
+
+def print_suggestions(found: RangeTestResult, run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("policy", "suggested max_lr", "chosen"):
+        table.add_column(column)
+    for name, lr in found.suggestions.items():
+        table.add_row(name, f"{lr:.3e}", "yes" if found.chosen == name else "")
+    if found.fallback_used:
+        table.add_row("fallback", f"{found.max_lr:.3e}", "yes")
+    console = Console(soft_wrap=True)
+    console.print(
+        f"LR range test: global batch {found.effective_batch_size} on {found.world_size} process(es), "
+        f"{found.iterations} iterations in {found.sweeps} sweep(s), {found.seconds:.1f} s"
+    )
+    console.print(table)
+    if found.lr_at_minimum:
+        console.print(f"lowest loss at lr {found.lr_at_minimum:.3e}; every suggestion lies below it")
+    console.print(f"curve and suggestions: {run_dir / 'lr_finder.json'} and {run_dir / 'lr_finder.png'}")

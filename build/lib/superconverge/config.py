@@ -1,0 +1,300 @@
+"""Typed experiment configuration: a YAML file plus ``key.sub=value`` overrides.
+
+OmegaConf parses the file and the dotted overrides; pydantic validates the merged
+tree against the schema below, so every error names the offending key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from superconverge.errors import UserError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+DatasetName = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "digits", "fake"]
+
+
+class ConfigError(UserError):
+    """The configuration file or an override is invalid."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
+
+
+class DataConfig(Section):
+    name: DatasetName = "fashion_mnist"
+    root: Path = Path("data")
+    batch_size: PositiveInt = 128
+    # auto: 0 for the in-memory data sets (batches are augmented on the device); for images decoded
+    # one by one (imagefolder), the cores this process may use, shared among the processes of its machine.
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    split_seed: int = 0
+    limit_train: PositiveInt | None = None
+    drop_last: bool = False
+    augment: bool = True
+    crop_padding: Annotated[int, Field(ge=0)] | None = None
+    image_size: PositiveInt | None = None
+    normalize: Literal["dataset", "imagenet"] = "dataset"
+    # imagefolder files PIL cannot read: "error" stops before any work naming them (a data set
+    # should not shrink unnoticed); "skip" trains without them, with a counted warning.
+    bad_images: Literal["error", "skip"] = "error"
+    fake_train_size: PositiveInt = 2000
+    fake_image_size: PositiveInt = 32
+
+
+class ModelConfig(Section):
+    name: str = "small_cnn"
+    pretrained: bool = False  # torchvision's weights, downloaded once per machine into the torch hub cache
+    weights_mirror: str | None = None  # a server with torchvision's weight files under their own names (no internet)
+    weights_file: Path | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from superconverge.models import available_models
+
+        if name not in available_models():
+            raise ValueError(f"unknown model {name!r}; use 'small_cnn', 'resnet9' or any torchvision classification model")
+        return name
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    weight_decay: NonNegativeFloat = 0.01
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class ScheduleConfig(Section):
+    max_lr: PositiveFloat | Literal["auto"] = "auto"
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    div_factor: Annotated[float, Field(ge=1)] = 25.0
+    final_div_factor: Annotated[float, Field(ge=1)] = 1e4
+    anneal_strategy: Literal["cos", "linear"] = "cos"
+    cycle_momentum: bool = True
+    base_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.85
+    max_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.95
+
+
+class LRFinderConfig(Section):
+    """The LR range test that picks max_lr when schedule.max_lr is 'auto'."""
+
+    start_lr: PositiveFloat = 1e-6
+    end_lr: PositiveFloat = 10.0
+    num_iter: Annotated[int, Field(ge=10)] = 100
+    sweep_iter: Annotated[int, Field(ge=10)] = 100  # num_iter is run as sweeps of this many iterations, each from the same weights
+    step_mode: Literal["exp", "linear"] = "exp"
+    smooth_f: Annotated[float, Field(ge=0, lt=1)] = 0.2  # torch-lr-finder's EMA, used only for its stop rule
+    diverge_th: Annotated[float, Field(gt=1)] = 5.0  # stop once that EMA exceeds this multiple of its best
+    skip_start: Annotated[int, Field(ge=0)] = 10
+    skip_end: Annotated[int, Field(ge=0)] = 5
+    policy: Literal["near_minimum", "steepest", "valley", "minimum"] = "near_minimum"  # chosen in benchmarks/lr_policies.py
+    fallback_max_lr: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> LRFinderConfig:
+        if self.start_lr >= self.end_lr:
+            raise ValueError(f"lr_finder.start_lr ({self.start_lr}) must be below lr_finder.end_lr ({self.end_lr})")
+        return self
+
+
+class EarlyStoppingConfig(Section):
+    patience: PositiveInt | None = None
+    metric: Literal["val_acc", "val_loss"] = "val_acc"
+    min_delta: NonNegativeFloat = 0.0
+
+
+class TrainerConfig(Section):
+    epochs: PositiveInt = 5
+    grad_accum_steps: PositiveInt = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    grad_clip_norm: PositiveFloat | None = None
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    resume: str = "auto"
+    checkpoint_every_steps: PositiveInt | None = None
+    stop_after_epochs: PositiveInt | None = None  # end this invocation (checkpointed) after N epochs
+    stop_after_steps: PositiveInt | None = None  # ... or after N optimizer steps; a rerun resumes
+    cpu: bool | None = None
+    channels_last: bool = False  # NHWC activations: faster convolutions with cuDNN and oneDNN
+    compile: bool = False  # torch.compile the prepared model through Accelerate (inductor)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    deterministic: bool = False
+    preemption_check_steps: PositiveInt = 10  # how often ranks agree on a SIGUSR1/SIGTERM (one all-reduce)
+    collective_timeout_minutes: PositiveInt = 120  # ranks wait this long for one another in a collective
+    orphan_grace_seconds: PositiveFloat = 120.0  # a rank whose launcher died exits hard if it cannot checkpoint by then
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_is_not_false(cls, value):
+        # YAML and OmegaConf read a bare `no` as false: `trainer.mixed_precision=no` means "no".
+        return "no" if value is False else value
+
+    @field_validator("resume")
+    @classmethod
+    def _resume_value(cls, value: str) -> str:
+        if not value:
+            raise ValueError("use 'auto', 'none' or a checkpoint directory")
+        return value
+
+
+class WandbConfig(Section):
+    project: str = "superconverge"
+    entity: str | None = None
+    name: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    mode: Literal["online", "offline", "disabled"] = "online"  # online without an API key runs offline
+    log_every_steps: PositiveInt = 50
+    init_timeout_seconds: PositiveFloat = 30.0  # then an unreachable server means offline logging, not a stall
+
+
+class TrackingConfig(Section):
+    wandb: WandbConfig = WandbConfig()
+
+
+class ConsoleConfig(Section):
+    mode: Literal["auto", "live", "plain", "quiet"] = "auto"  # auto: live in a terminal, plain lines elsewhere
+    log_every_steps: PositiveInt = 50
+    log_every_seconds: PositiveFloat | None = None  # plain lines by time instead of steps
+
+
+class Config(Section):
+    seed: int = 0
+    output_dir: Path = Path("runs/default")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    lr_finder: LRFinderConfig = LRFinderConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    console: ConsoleConfig = ConsoleConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def global_batch_size(self, world_size: int) -> int:
+        """Images per optimizer step: per-process batch x processes x accumulation."""
+        return self.data.batch_size * world_size * self.trainer.grad_accum_steps
+
+
+def _key_of(loc: tuple) -> str:
+    """The dotted config key of an error location, without pydantic's union-member tags."""
+    model, parts = Config, []
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            break
+        parts.append(str(part))
+        if part not in fields:
+            break
+        model = fields[part].annotation
+    return ".".join(parts)
+
+
+def _nearest_key(key: str) -> str | None:
+    """The valid key an unknown one was probably meant to be (same section, close spelling)."""
+    *parents, name = key.split(".")
+    model = Config
+    for part in parents:
+        model = getattr(model, "model_fields", {}).get(part)
+        model = model.annotation if model is not None else None
+    match = difflib.get_close_matches(name, list(getattr(model, "model_fields", ())), n=1, cutoff=0.6)
+    return ".".join([*parents, match[0]]) if match else None
+
+
+def _format_errors(error: ValidationError, source: str, override_keys: set[str]) -> str:
+    messages: dict[str, list[str]] = {}
+    for item in error.errors():
+        key = _key_of(item["loc"])
+        if item["type"] == "extra_forbidden":
+            nearest = _nearest_key(key)
+            message = "unknown key" + (f" (did you mean {nearest}?)" if nearest else "")
+        else:
+            message = item["msg"]
+            if "input" in item and not isinstance(item["input"], dict):
+                message += f" (got {item['input']!r})"
+        messages.setdefault(key, []).append(message)
+
+    def origin(key: str) -> str:
+        from_command_line = any(given == key or given.startswith(key + ".") for given in override_keys)
+        return "command line" if from_command_line else source
+
+    lines = [f"{key}: {' or '.join(found)} [{origin(key)}]" for key, found in messages.items()]
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load, override and validate a config; raise ConfigError naming the key and file."""
+    overrides = overrides or []
+    source = str(path) if path else "defaults"
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys at the top level")
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(raw), OmegaConf.from_dotlist(overrides))
+        tree = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse overrides {overrides}: {exc}") from exc
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        keys = {item.split("=", 1)[0] for item in overrides}
+        raise ConfigError(_format_errors(exc, source, keys)) from None
+
+
+# What a resumed run may change: how it is watched, when it pauses, how it loads data and how
+# fast it runs. Anything else (data, model, optimizer, schedule, range test, epochs, precision)
+# shaped the checkpoint and its one-cycle schedule, so a change could only be ignored.
+RESUMABLE_KEYS = (
+    "output_dir", "console.", "tracking.", "data.num_workers", "trainer.resume", "trainer.stop_after_epochs",
+    "trainer.stop_after_steps", "trainer.checkpoint_every_steps", "trainer.preemption_check_steps",
+    "trainer.collective_timeout_minutes", "trainer.orphan_grace_seconds", "trainer.compile", "trainer.compile_mode",
+    "trainer.channels_last", "trainer.deterministic",
+)  # fmt: skip
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def resume_changes(saved: dict, config: Config) -> tuple[dict, dict]:
+    """Keys whose value differs from the checkpoint's config: (applied, refused), each key -> (old, new)."""
+    old, new = _flatten(saved), _flatten(config.model_dump(mode="json"))
+    changed = {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
+    applied = {key: change for key, change in changed.items() if key.startswith(RESUMABLE_KEYS)}
+    return applied, {key: change for key, change in changed.items() if key not in applied}
+
+
+def describe_changes(changes: dict) -> str:
+    return ", ".join(f"{key} ({old!r} -> {new!r})" for key, (old, new) in changes.items())
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,386 @@
+"""Datasets by name, offline-first, with train-only augmentation and a seeded validation split.
+
+Small datasets (digits, MNIST, Fashion-MNIST, CIFAR, FakeData) are decoded once into a uint8 tensor
+and augmented a whole batch at a time; folders of images go through PIL, image by image.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets
+from torchvision.datasets.utils import extract_archive
+from torchvision.transforms import v2
+
+from superconverge.config import DataConfig
+from superconverge.errors import UserError
+
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = datasets.folder.IMG_EXTENSIONS
+FLIP_SAFE = {"fashion_mnist", "cifar10", "cifar100", "imagefolder", "fake"}
+
+
+class DataError(UserError):
+    """The data set cannot be found or is malformed."""
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset | None
+    test: Dataset | None
+    num_classes: int
+    in_channels: int
+    image_size: int
+    # Set for in-memory data sets, whose loaders yield uint8 batches: the trainer applies these.
+    train_transform: BatchTransform | None = None
+    eval_transform: BatchTransform | None = None
+    workers: int = 0  # DataLoader workers per process (data.num_workers, auto resolved)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.train_transform is not None
+
+
+@dataclass
+class RawImages:
+    """A whole split decoded into memory: uint8 images (N, C, H, W) and int64 labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class TensorImageDataset(Dataset):
+    """Selected rows of an in-memory uint8 image tensor; transforms run per batch in BatchTransform."""
+
+    def __init__(self, raw: RawImages, indices: torch.Tensor | None) -> None:
+        self.raw = raw
+        self.indices = indices if indices is not None else torch.arange(len(raw.labels))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        row = int(self.indices[index])
+        return self.raw.images[row], int(self.raw.labels[row])
+
+
+class BatchTransform:
+    """Augment and normalise a whole uint8 batch at once, on whatever device it is on.
+
+    torchvision's transforms work per image (about 0.3 ms each for 28x28 on a CPU core, as much as
+    the small CNN's training step); on a stacked batch the same crop and flip cost microseconds an
+    image, and on a GPU they run there. Randomness comes from the generator the caller passes, so
+    the trainer can make it a pure function of (seed, epoch, batch) and resume mid-epoch exactly.
+    """
+
+    def __init__(self, mean, std, size: int, crop_padding: int = 0, flip: bool = False) -> None:
+        self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+        self.size, self.crop_padding, self.flip = size, crop_padding, flip
+
+    @property
+    def augments(self) -> bool:
+        return bool(self.crop_padding or self.flip)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = images.float().div_(255)
+        if x.shape[-2:] != (self.size, self.size):
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
+        if self.crop_padding:
+            x = self._random_crop(x, generator)
+        if self.flip:
+            flipped = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+            x = torch.where(flipped.view(-1, 1, 1, 1), x.flip(-1), x)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def _random_crop(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        p, size, n = self.crop_padding, self.size, x.shape[0]
+        padded = torch.nn.functional.pad(x, (p, p, p, p), mode="reflect")
+        dy, dx = torch.randint(0, 2 * p + 1, (2, n, 1), generator=generator, device=x.device)
+        span = torch.arange(size, device=x.device)
+        rows, cols = (span + dy)[:, :, None], (span + dx)[:, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+class UnreadableImage(Exception):
+    def __init__(self, path: str, cause: BaseException) -> None:
+        super().__init__(f"{path} ({type(cause).__name__}: {cause})")
+        self.path = path
+
+
+def load_rgb(path: str) -> Image.Image:
+    """torchvision's PIL loader, with the file named when it cannot be decoded."""
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UnreadableImage(path, exc) from None
+
+
+class TransformedSubset(Dataset):
+    """A subset of a PIL-based dataset with its own transform (train and val differ).
+
+    An image that passed the start-up check but cannot be decoded (a truncated JPEG) stops the
+    run naming the file, or with ``bad_images: skip`` is replaced by the next image and counted.
+    """
+
+    def __init__(self, base: Dataset, indices: list[int], transform, bad_images: str = "error") -> None:
+        self.subset = Subset(base, indices)
+        self.transform, self.bad_images = transform, bad_images
+        self.skipped: list[str] = []  # in this process (each loader worker keeps its own)
+
+    def __len__(self) -> int:
+        return len(self.subset)
+
+    def __getitem__(self, index: int):
+        for offset in range(len(self.subset)):
+            try:
+                image, label = self.subset[(index + offset) % len(self.subset)]
+                return self.transform(image), label
+            except UnreadableImage as exc:
+                if self.bad_images == "error":
+                    raise DataError(f"imagefolder: cannot read image {exc}; remove it or set data.bad_images=skip") from None
+                self.skipped.append(exc.path)
+                print(f"superconverge: warning: skipping unreadable image {exc} ({len(self.skipped)} skipped so far in this "
+                      "process); the next image takes its place", file=sys.stderr, flush=True)  # fmt: skip
+        raise DataError("imagefolder: no image of this split can be read")
+
+
+def _missing_data(name: str, where: list[Path], how: str) -> DataError:
+    places = ", ".join(str(p) for p in where)
+    return DataError(f"data set '{name}' not found (looked in {places}) and it could not be downloaded. {how}")
+
+
+def _install_fashion_mnist_from_system(raw_dir: Path) -> bool:
+    """Decompress Debian's dataset-fashion-mnist files into torchvision's layout under data.root."""
+    sources = sorted(FASHION_MNIST_SYSTEM_DIR.glob("*-ubyte.gz"))
+    if len(sources) < 4:
+        return False
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    for source in sources:
+        target = raw_dir / source.name.removesuffix(".gz")
+        if target.exists():
+            continue
+        # Every rank may do this at once: decompress privately, then rename atomically.
+        with tempfile.TemporaryDirectory(dir=raw_dir) as scratch:
+            extracted = Path(extract_archive(str(source), scratch))
+            os.replace(extracted, target)
+    return True
+
+
+def _load_mnist_like(cfg: DataConfig, train: bool) -> RawImages:
+    cls = datasets.FashionMNIST if cfg.name == "fashion_mnist" else datasets.MNIST
+    root = Path(cfg.root)
+    raw_dir = root / cls.__name__ / "raw"
+    try:
+        ds = cls(str(root), train=train, download=False)
+    except RuntimeError:
+        installed = cfg.name == "fashion_mnist" and _install_fashion_mnist_from_system(raw_dir)
+        ds = _construct_or_download(cls, root, train, installed, cfg.name, raw_dir)
+    return RawImages(ds.data.unsqueeze(1).contiguous(), ds.targets.long())
+
+
+def _construct_or_download(cls, root: Path, train: bool, installed: bool, name: str, raw_dir: Path):
+    if installed:
+        return cls(str(root), train=train, download=False)
+    try:
+        return cls(str(root), train=train, download=True)
+    except Exception as exc:  # noqa: BLE001 - any download failure means "not available here"
+        if name == "fashion_mnist":
+            hint, places = "Install Debian's package (apt-get install dataset-fashion-mnist)", [raw_dir, FASHION_MNIST_SYSTEM_DIR]
+        else:
+            hint, places = "Download it where there is internet access", [raw_dir]
+        raise _missing_data(name, places, f"{hint} or put the idx files under {raw_dir} ({type(exc).__name__}).") from None
+
+
+def _load_cifar(cfg: DataConfig, train: bool) -> RawImages:
+    cls = datasets.CIFAR10 if cfg.name == "cifar10" else datasets.CIFAR100
+    root = Path(cfg.root)
+    try:
+        ds = cls(str(root), train=train, download=False)
+    except RuntimeError:
+        try:
+            ds = cls(str(root), train=train, download=True)
+        except Exception:  # noqa: BLE001
+            raise _missing_data(
+                cfg.name,
+                [root / cls.base_folder],
+                f"Download the python version of {cfg.name.upper()} and unpack it under data.root ({root}).",
+            ) from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return RawImages(images, torch.tensor(ds.targets, dtype=torch.long))
+
+
+def _load_digits(train: bool) -> RawImages:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(digits.target).long()
+    # scikit-learn ships one split: hold out a fixed 20% as the test set, whatever the run's seed.
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1234))
+    n_test = len(labels) // 5
+    rows = order[n_test:] if train else order[:n_test]
+    return RawImages(images[rows].contiguous(), labels[rows].contiguous())
+
+
+def _load_fake(cfg: DataConfig, train: bool) -> RawImages:
+    """Random images and labels (like torchvision's FakeData: no download, for speed tests and smoke runs).
+
+    Drawn in one call: FakeData seeds and converts each image through PIL, ~1 ms an image.
+    """
+    size = cfg.fake_image_size
+    count = cfg.fake_train_size if train else max(1, cfg.fake_train_size // 5)
+    generator = torch.Generator().manual_seed(cfg.split_seed + (0 if train else 10**6))
+    images = torch.randint(0, 256, (count, 3, size, size), generator=generator, dtype=torch.uint8)
+    labels = torch.randperm(count, generator=generator) % 10  # every class present from 10 images up
+    return RawImages(images, labels)
+
+
+def _load_raw(cfg: DataConfig, train: bool) -> RawImages:
+    if cfg.name == "fake":
+        return _load_fake(cfg, train)
+    if cfg.name in ("mnist", "fashion_mnist"):
+        return _load_mnist_like(cfg, train)
+    if cfg.name in ("cifar10", "cifar100"):
+        return _load_cifar(cfg, train)
+    return _load_digits(train)
+
+
+def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = int(round(n * val_fraction))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def _crop_padding(cfg: DataConfig, size: int) -> int:
+    return cfg.crop_padding if cfg.crop_padding is not None else max(1, size // 8)
+
+
+def _transforms(cfg: DataConfig, size: int, mean, std, flip_ok: bool, from_pil: bool):
+    head = [v2.PILToTensor()] if from_pil else []
+    if cfg.image_size:
+        head.append(v2.Resize((cfg.image_size, cfg.image_size), antialias=True))
+    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    augment = []
+    if cfg.augment and _crop_padding(cfg, size):
+        augment.append(v2.RandomCrop(size, padding=_crop_padding(cfg, size), padding_mode="reflect"))
+    if cfg.augment and flip_ok:
+        augment.append(v2.RandomHorizontalFlip())
+    return v2.Compose(head + augment + tail), v2.Compose(head + tail)
+
+
+def _stats(cfg: DataConfig, images: torch.Tensor | None, channels: int):
+    if cfg.normalize == "imagenet" or images is None:
+        if channels == 1:
+            return (0.449,), (0.226,)
+        return IMAGENET_MEAN, IMAGENET_STD
+    pixels = images.float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
+
+
+def _tensor_bundle(cfg: DataConfig, seed: int) -> DataBundle:
+    train_raw, test_raw = _load_raw(cfg, train=True), _load_raw(cfg, train=False)
+    if cfg.limit_train:
+        train_raw = RawImages(train_raw.images[: cfg.limit_train], train_raw.labels[: cfg.limit_train])
+    channels, size = train_raw.images.shape[1], cfg.image_size or train_raw.images.shape[-1]
+    mean, std = _stats(cfg, train_raw.images, channels)
+    augment = dict(crop_padding=_crop_padding(cfg, size), flip=cfg.name in FLIP_SAFE) if cfg.augment else {}
+    train_idx, val_idx = _split_indices(len(train_raw.labels), cfg.val_fraction, seed)
+    num_classes = int(max(train_raw.labels.max(), test_raw.labels.max())) + 1
+    return DataBundle(
+        train=TensorImageDataset(train_raw, torch.tensor(train_idx)),
+        val=TensorImageDataset(train_raw, torch.tensor(val_idx)) if val_idx else None,
+        test=TensorImageDataset(test_raw, None),
+        num_classes=num_classes,
+        in_channels=channels,
+        image_size=size,
+        train_transform=BatchTransform(mean, std, size, **augment),
+        eval_transform=BatchTransform(mean, std, size),
+    )
+
+
+def _readable(path: str, bad: list[str]) -> bool:
+    """An image file whose structure PIL can walk without decoding (catches non-images and truncated PNGs)."""
+    if not datasets.folder.has_file_allowed_extension(path, IMAGE_SUFFIXES):
+        return False
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        bad.append(f"{path} ({type(exc).__name__}: {exc})")
+        return False
+
+
+def _image_folder(path: Path, bad_images: str) -> datasets.ImageFolder:
+    if not path.is_dir():
+        raise DataError(f"imagefolder: directory not found: {path} (set data.root to a folder of class sub-folders)")
+    empty = [d.name for d in sorted(path.iterdir()) if d.is_dir() and not any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.rglob("*"))]
+    if empty:
+        raise DataError(f"imagefolder: class folder(s) with no images under {path}: {', '.join(empty)}")
+    bad: list[str] = []
+    try:
+        folder = datasets.ImageFolder(str(path), loader=load_rgb, is_valid_file=lambda f: _readable(f, bad))
+    except (FileNotFoundError, OSError) as exc:
+        raise DataError(f"imagefolder: cannot read {path}: {exc}") from None
+    if bad and bad_images == "error":
+        raise DataError(f"imagefolder: {len(bad)} unreadable image(s) under {path}: {'; '.join(bad[:3])}. "
+                        "Remove them, or set data.bad_images=skip to train without them")  # fmt: skip
+    if bad and os.environ.get("RANK", "0") == "0":
+        print(f"superconverge: warning: skipping {len(bad)} unreadable image(s) under {path}: {'; '.join(bad[:3])}",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return folder
+
+
+def _pil_bundle(cfg: DataConfig, seed: int) -> DataBundle:
+    root = Path(cfg.root)
+    has_splits = (root / "train").is_dir()
+    full = _image_folder(root / "train" if has_splits else root, cfg.bad_images)
+    val_dir = next((root / n for n in ("val", "valid", "validation") if (root / n).is_dir()), None) if has_splits else None
+    val_dir_set = _image_folder(val_dir, cfg.bad_images) if val_dir else None
+    test = _image_folder(root / "test", cfg.bad_images) if has_splits and (root / "test").is_dir() else None
+    size = cfg.image_size or 224
+    n_train = min(len(full), cfg.limit_train or len(full))
+    train_idx, val_idx = _split_indices(n_train, 0.0 if val_dir_set else cfg.val_fraction, seed)
+    channels = 3
+    mean, std = _stats(cfg, None, channels)
+    sized = cfg.model_copy(update={"image_size": size})
+    train_tf, eval_tf = _transforms(sized, size, mean, std, True, from_pil=True)
+    subset = functools.partial(TransformedSubset, bad_images=cfg.bad_images)
+    if val_dir_set is not None:
+        val = subset(val_dir_set, list(range(len(val_dir_set))), eval_tf)
+    else:
+        val = subset(full, val_idx, eval_tf) if val_idx else None
+    test_ds = subset(test, list(range(len(test))), eval_tf) if test is not None else None
+    return DataBundle(subset(full, train_idx, train_tf), val, test_ds, len(full.classes), channels, size)
+
+
+def build_data(cfg: DataConfig) -> DataBundle:
+    """Resolve the configured data set offline-first; raise DataError with a fix if it is missing."""
+    bundle = _pil_bundle(cfg, cfg.split_seed) if cfg.name == "imagefolder" else _tensor_bundle(cfg, cfg.split_seed)
+    if len(bundle.train) == 0:
+        raise DataError(f"data set '{cfg.name}' has no training images after the validation split")
+    bundle.workers = loader_workers(cfg.num_workers, bundle.in_memory)
+    return bundle
+
+
+def loader_workers(num_workers: int | str, in_memory: bool) -> int:
+    """``data.num_workers``, with ``auto`` resolved for this process."""
+    if num_workers != "auto":
+        return int(num_workers)
+    if in_memory:
+        return 0  # a worker would only copy tensors that are already decoded
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cores // local_processes)

@@ -1,0 +1,302 @@
+"""The LR range test: torch-lr-finder at the global batch, spread over every rank.
+
+Each iteration is one global batch: every rank pushes its own micro-batches through the prepared
+(DDP) model, DDP averages the gradients, and the loss is averaged across ranks, so the curve is
+the same on 1 or N processes and each rank does 1/N of the work. Rank 0 then applies the rule
+(``lr_rules``) and broadcasts the whole result; model and optimizer state are restored exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from torch_lr_finder import LRFinder, TrainDataLoaderIter
+
+from superconverge import jsonfile, lr_rules
+from superconverge.config import Config
+from superconverge.console import RunConsole
+from superconverge.data import BatchTransform, DataBundle
+from superconverge.lr_rules import RangeTestError
+from superconverge.schedule import build_optimizer
+
+
+@dataclass
+class RangeTestResult:
+    """What the range test found; handed to the trainer, console and tracking as it is."""
+
+    lrs: list[float]
+    raw_losses: list[float]  # the global batch's loss at each iteration, all sweeps merged in LR order
+    smoothed_losses: list[float]  # centred smoothing
+    policy: str
+    effective_batch_size: int
+    world_size: int
+    sweeps: int
+    accumulation_steps: int  # micro-batches per iteration on each rank
+    batches_per_rank: list[int]
+    stopped_on_divergence: bool
+    seconds: float
+    suggestions: dict[str, float] = field(default_factory=dict)
+    lr_at_minimum: float | None = None
+    tail_lr: float | None = None
+    max_lr: float = math.nan
+    fallback_used: bool = False
+    error: str | None = None
+
+    @property
+    def iterations(self) -> int:
+        return len(self.lrs)
+
+    @property
+    def chosen(self) -> str:
+        return "fallback" if self.fallback_used else self.policy
+
+
+@dataclass
+class MaxLRChoice:
+    max_lr: float
+    policy: str  # "fixed" for a number in the config, else the policy (or "fallback")
+    seconds: float = 0.0
+    reused: bool = False
+    range_test: RangeTestResult | None = None
+    suggestions: dict[str, float] = field(default_factory=dict)
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Micro-batch ``m`` of a seeded endless shuffle goes to rank ``m % world_size``.
+
+    Iteration ``t`` of the test is micro-batches ``[t*W*A, (t+1)*W*A)`` whatever the process
+    count W, so one process with accumulation W*A sees exactly what W processes see together.
+    """
+
+    def __init__(self, size: int, batch_size: int, rank: int, world_size: int, seed: int) -> None:
+        self.size, self.batch_size, self.rank, self.world_size, self.seed = size, batch_size, rank, world_size, seed
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_pass, index, epoch = self.size // self.batch_size, 0, 0
+        while True:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+            for m in range(per_pass):
+                if (index + m) % self.world_size == self.rank:
+                    yield order[m * self.batch_size : (m + 1) * self.batch_size]
+            index, epoch = index + per_pass, epoch + 1
+
+
+class _TrainingBatches(TrainDataLoaderIter):
+    """Feeds the finder what training sees: the training augmentation, on the training device."""
+
+    def __init__(self, loader: DataLoader, transform: BatchTransform | None, accelerator: Accelerator, seed: int, channels_last: bool,
+                 progress: Callable[[int], None] | None = None):  # fmt: skip
+        super().__init__(loader)
+        self.transform, self.device, self.channels_last, self.progress = transform, accelerator.device, channels_last, progress
+        self.rank, self.world_size, self.seed = accelerator.process_index, accelerator.num_processes, seed
+        self.generator = torch.Generator(self.device)
+        self.batches_seen = 0
+
+    def inputs_labels_from_batch(self, batch):
+        images, labels = batch
+        images = images.to(self.device)
+        if self.transform is not None:
+            # Seeded by the global micro-batch number, so augmentation does not depend on the process count.
+            self.generator.manual_seed(hash((self.seed, self.batches_seen * self.world_size + self.rank)) & 0x7FFF_FFFF_FFFF_FFFF)
+            images = self.transform(images, self.generator)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        self.batches_seen += 1
+        if self.progress is not None:
+            self.progress(self.batches_seen)
+        return images, labels.to(self.device)
+
+
+class _GlobalBatchFinder(LRFinder):
+    """torch-lr-finder whose loss is the global batch's: averaged across ranks after each iteration.
+
+    Its history keeps only an exponentially smoothed loss; the raw one is kept here for lr_rules.
+    With accumulation, DDP all-reduces on every micro-batch (no ``no_sync``): correct, and the
+    accumulation case is rare enough not to justify re-writing torch-lr-finder's training step.
+    """
+
+    def __init__(self, *args, accelerator: Accelerator, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.accelerator, self.raw_losses = accelerator, []
+
+    def _train_batch(self, *args, **kwargs) -> float:
+        local = super()._train_batch(*args, **kwargs)
+        loss = self.accelerator.reduce(torch.tensor([local], device=self.accelerator.device), reduction="mean").item()
+        self.raw_losses.append(loss)
+        return loss
+
+
+def _amp_settings(mixed_precision: str, device: torch.device) -> dict:
+    if mixed_precision not in ("fp16", "bf16"):
+        return {}
+    dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
+    return {
+        "amp_backend": "torch",
+        "amp_config": {"device_type": device.type, "dtype": dtype},
+        "grad_scaler": torch.amp.GradScaler(device.type, enabled=mixed_precision == "fp16"),
+    }
+
+
+def sweep_ranges(start: float, end: float, iterations: int, sweeps: int, step_mode: str) -> list[tuple[float, float]]:
+    """LR ranges of the sweeps, each shifted by 1/sweeps of a step, so together they interleave."""
+    if step_mode == "exp":
+        step = (end / start) ** (1 / (iterations - 1))
+        return [(start * step ** (j / sweeps), end * step ** (j / sweeps)) for j in range(sweeps)]
+    step = (end - start) / (iterations - 1)
+    return [(start + step * j / sweeps, end + step * j / sweeps) for j in range(sweeps)]
+
+
+def run_range_test(cfg: Config, data: DataBundle, model: nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator,
+                   progress: Callable[[int], None] | None = None) -> RangeTestResult:  # fmt: skip
+    """torch-lr-finder over global batches on every rank; model and optimizer are restored after.
+
+    ``num_iter`` is split into sweeps of ``sweep_iter`` iterations, each from the same starting
+    weights: the model trains during a sweep, so one long sweep reaches each LR more trained than a
+    short one and its curve moves to lower LRs. Short sweeps keep the curve where it is, and more
+    iterations only add sweeps, staggered in LR, i.e. resolution and averaging.
+    """
+    finder_cfg, world = cfg.lr_finder, accelerator.num_processes
+    sampler = GlobalBatchSampler(len(data.train), cfg.data.batch_size, accelerator.process_index, world, cfg.seed)
+    loader = DataLoader(data.train, batch_sampler=sampler, num_workers=data.workers)
+    batches = _TrainingBatches(loader, data.train_transform, accelerator, cfg.seed, cfg.trainer.channels_last, progress)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optimizer.label_smoothing)
+    finder = _GlobalBatchFinder(model, optimizer, criterion, device=accelerator.device, accelerator=accelerator,
+                                **_amp_settings(accelerator.mixed_precision, accelerator.device))  # fmt: skip
+    sweeps = max(1, round(finder_cfg.num_iter / finder_cfg.sweep_iter))
+    iterations = min(finder_cfg.num_iter, finder_cfg.sweep_iter)
+    points: list[tuple[float, float]] = []
+    stopped = False
+    # torch-lr-finder's reset() loads its cached optimizer state without copying, so after one reset
+    # the live state aliases the cache and the next sweep would corrupt it: reload a private copy.
+    pristine_optimizer = copy.deepcopy(optimizer.state_dict())
+    started = time.perf_counter()
+    for start_lr, end_lr in sweep_ranges(finder_cfg.start_lr, finder_cfg.end_lr, iterations, sweeps, finder_cfg.step_mode):
+        finder.raw_losses = []
+        # torch-lr-finder prints and draws a tqdm bar of its own; the console belongs to the trainer.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            finder.range_test(batches, start_lr=start_lr, end_lr=end_lr, num_iter=iterations, step_mode=finder_cfg.step_mode,
+                              smooth_f=finder_cfg.smooth_f, diverge_th=finder_cfg.diverge_th,
+                              accumulation_steps=cfg.trainer.grad_accum_steps)  # fmt: skip
+        finder.reset()  # model and optimizer back to their state before the test, for the next sweep and for training
+        optimizer.load_state_dict(copy.deepcopy(pristine_optimizer))
+        stopped |= len(finder.raw_losses) < iterations
+        points += _finite_prefix(finder.history["lr"], finder.raw_losses)
+    seconds = time.perf_counter() - started
+    points.sort()
+    lrs, raw = [lr for lr, _ in points], [loss for _, loss in points]
+    return RangeTestResult(
+        lrs=lrs, raw_losses=raw, smoothed_losses=lr_rules.smooth(np.asarray(lrs), np.asarray(raw)).tolist() if raw else [],
+        policy=finder_cfg.policy, effective_batch_size=cfg.global_batch_size(world), world_size=world, sweeps=sweeps,
+        accumulation_steps=cfg.trainer.grad_accum_steps, batches_per_rank=gather_object([batches.batches_seen]),
+        stopped_on_divergence=stopped, seconds=seconds,
+    )  # fmt: skip
+
+
+def _finite_prefix(lrs: list[float], losses: list[float]) -> list[tuple[float, float]]:
+    """A sweep's points up to its first non-finite loss (where it blew up)."""
+    kept = []
+    for lr, loss in zip(lrs, losses, strict=True):
+        if not math.isfinite(loss):
+            break
+        kept.append((lr, loss))
+    return kept
+
+
+def choose(result: RangeTestResult, cfg: Config, num_classes: int) -> RangeTestResult:
+    """Apply the configured policy, or the configured fallback if the curve is unusable."""
+    finder_cfg = cfg.lr_finder
+    try:
+        skip_start, skip_end = finder_cfg.skip_start * result.sweeps, finder_cfg.skip_end * result.sweeps  # skips are per sweep
+        curve = lr_rules.analyze(result.lrs, result.raw_losses, skip_start, skip_end, math.log(num_classes))
+        result.suggestions = lr_rules.suggestions(curve)
+        result.lr_at_minimum, result.tail_lr = curve.lr_at_minimum, curve.tail_lr
+        result.max_lr = result.suggestions[finder_cfg.policy]
+    except RangeTestError as exc:
+        if finder_cfg.fallback_max_lr is None:
+            raise
+        result.error, result.fallback_used, result.max_lr = str(exc), True, finder_cfg.fallback_max_lr
+    return result
+
+
+def write_artifacts(result: RangeTestResult, run_dir: Path) -> None:
+    """lr_finder.json and lr_finder.png: for people; the run itself passes the result object on."""
+    (run_dir / "lr_finder.json").write_text(jsonfile.dumps({**asdict(result), "iterations": result.iterations}, indent=1))
+    plot(result, run_dir / "lr_finder.png")
+
+
+def plot(result: RangeTestResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.plot(result.lrs, result.raw_losses, color="0.75", linewidth=0.8, label="loss (global batch)")
+    ax.plot(result.lrs, result.smoothed_losses, color="tab:blue", label="smoothed loss (centred)")
+    colors = {"near_minimum": "tab:red", "steepest": "tab:orange", "valley": "tab:green", "minimum": "tab:purple"}
+    for name, lr in result.suggestions.items():
+        chosen = name == result.policy and not result.fallback_used
+        ax.axvline(lr, color=colors.get(name, "black"), linewidth=3 if chosen else 1.2, linestyle="-" if chosen else "--",
+                   label=f"{name}: {lr:.2e}" + (" (chosen)" if chosen else ""))  # fmt: skip
+    if result.lr_at_minimum:
+        ax.axvline(result.lr_at_minimum, color="0.4", linestyle=":", label=f"minimum of the curve: {result.lr_at_minimum:.2e}")
+    if result.fallback_used:
+        ax.axvline(result.max_lr, color="black", linewidth=3, label=f"fallback: {result.max_lr:.2e} (chosen)")
+    finite = [v for v in result.smoothed_losses if math.isfinite(v)]
+    if finite:
+        ax.set_ylim(min(finite) * 0.9, min(max(finite), finite[0] * 2.5) * 1.05)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(
+        f"LR range test, global batch {result.effective_batch_size} on {result.world_size} process(es), {result.iterations} iterations"
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def find_max_lr(cfg: Config, accelerator: Accelerator, data: DataBundle, model: nn.Module, console: RunConsole) -> MaxLRChoice:
+    """Run the range test on every rank; rank 0 picks max_lr and every rank gets its result (or error)."""
+    if cfg.schedule.max_lr != "auto":
+        return MaxLRChoice(float(cfg.schedule.max_lr), "fixed")
+    optimizer = build_optimizer(cfg.optimizer, model, lr=cfg.lr_finder.start_lr)  # the trainer builds its own
+    console.start_phase("LR test", cfg.lr_finder.num_iter * cfg.trainer.grad_accum_steps)  # at most: sweeps stop on divergence
+    result = run_range_test(cfg, data, model, optimizer, accelerator, console.advance)
+    payload: RangeTestResult | str | None = None
+    if accelerator.is_main_process:
+        payload = _decide(result, cfg, data.num_classes, console)
+    payload = broadcast_object_list([payload], from_process=0)[0]
+    if isinstance(payload, str):
+        raise RangeTestError(payload)
+    return MaxLRChoice(payload.max_lr, payload.chosen, payload.seconds, range_test=payload, suggestions=payload.suggestions)
+
+
+def _decide(result: RangeTestResult, cfg: Config, num_classes: int, console: RunConsole) -> RangeTestResult | str:
+    try:
+        result = choose(result, cfg, num_classes)
+    except RangeTestError as exc:
+        result.error = str(exc)
+        write_artifacts(result, Path(cfg.output_dir))  # the curve shows what went wrong
+        return result.error
+    found = " ".join(f"{name}={lr:.3g}" for name, lr in result.suggestions.items())
+    console.line(f"LR range test {found} chosen={result.chosen} max_lr={result.max_lr:.4g} seconds={result.seconds:.1f}")
+    write_artifacts(result, Path(cfg.output_dir))
+    if result.fallback_used:
+        print(f"WARNING: {result.error}. Using lr_finder.fallback_max_lr={result.max_lr:g} instead.", file=sys.stderr, flush=True)
+    return result

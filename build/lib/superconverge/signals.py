@@ -1,0 +1,92 @@
+"""Stop requests for the whole run: preemption signals and a launcher that died.
+
+SIGUSR1 (SLURM's early warning) and SIGTERM only set a flag; the ranks agree on it at step
+boundaries (and between the start-up stages) through one small all-reduce, checkpoint, and stop.
+The handlers are installed before any work and restored when the run ends, like Lightning's
+signal connector, so a run can be made in-process and leave the process as it found it.
+
+Under ``accelerate launch`` each rank runs in a session of its own: a launcher killed by SIGKILL
+or the OOM killer, or by a SIGUSR1 it does not handle, leaves its ranks training unattended.
+No library watches for that, so a thread here notices the parent pid change (the rank is
+re-parented) and asks for the same checkpoint-and-stop; if the ranks cannot agree within a grace
+period (another rank died too, a rank is stuck in a rendezvous) the process exits hard, which
+loses only the work since the last checkpoint: checkpoints are written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+from accelerate import Accelerator
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+ORPHAN_EXIT_CODE = 70  # EX_SOFTWARE: nobody waits for an orphan's status; it is for the record
+
+
+def under_launcher() -> bool:
+    """Started by torchelastic (``accelerate launch``/``torchrun``), whose death must stop this rank."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+class StopSignals:
+    """Scoped stop requests: ``with StopSignals() as stop: ...``; ``stop.agreed(accelerator)`` at boundaries."""
+
+    def __init__(self, orphan_grace_seconds: float = 120.0, poll_seconds: float = 0.5, watch_parent: bool | None = None) -> None:
+        self.orphan_grace_seconds, self.poll_seconds = orphan_grace_seconds, poll_seconds
+        self.watch_parent = under_launcher() if watch_parent is None else watch_parent
+        self.signals_seen = 0
+        self.reason: str | None = None
+        self.training = False  # set by the trainer once its loop (and so a checkpoint) can answer a stop
+        self._previous: dict[int, object] = {}
+        self._closed = threading.Event()
+
+    def __enter__(self) -> StopSignals:
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        if self.watch_parent:
+            parent = os.getppid()
+            threading.Thread(target=self._watch, args=(parent,), name="superconverge-parent-watch", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._closed.set()
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    @property
+    def requested(self) -> bool:
+        return self.signals_seen > 0
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self._request(signal.Signals(signum).name)
+        if self.signals_seen > 1:
+            os._exit(128 + signum)  # a second signal: stop now (the last checkpoint stays whole)
+
+    def _request(self, reason: str) -> None:
+        self.signals_seen += 1
+        self.reason = self.reason or reason
+
+    def _watch(self, parent: int) -> None:
+        while not self._closed.wait(self.poll_seconds):
+            if os.getppid() != parent:
+                break
+        else:
+            return
+        if not self.training:  # nothing to checkpoint yet, and a rank may be stuck in a rendezvous: go now
+            print(f"superconverge: the launcher (pid {parent}) is gone before training: exiting", file=sys.stderr, flush=True)
+            os._exit(ORPHAN_EXIT_CODE)
+        print(f"superconverge: the launcher (pid {parent}) is gone: checkpointing and stopping", file=sys.stderr, flush=True)
+        self._request("launcher gone")
+        if not self._closed.wait(self.orphan_grace_seconds):
+            print("superconverge: could not stop cleanly without the launcher: exiting", file=sys.stderr, flush=True)
+            os._exit(ORPHAN_EXIT_CODE)
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """True on every rank once any rank has a stop request (a collective: call it on all ranks alike)."""
+        if self.requested:
+            accelerator.set_trigger()
+        return accelerator.check_trigger()
