@@ -28,6 +28,25 @@ def test_handlers_are_installed_for_the_scope_only():
     assert {signum: signal.getsignal(signum) for signum in before} == before
 
 
+def test_a_run_made_off_the_main_thread_leaves_signals_alone():
+    import threading
+
+    before = signal.getsignal(signal.SIGTERM)
+    failures = []
+
+    def enter() -> None:
+        try:
+            with StopSignals(watch_parent=False) as stop:
+                assert not stop.requested
+        except Exception as exc:  # noqa: BLE001 - reported to the main thread
+            failures.append(exc)
+
+    worker = threading.Thread(target=enter)
+    worker.start()
+    worker.join()
+    assert not failures and signal.getsignal(signal.SIGTERM) == before
+
+
 ORPHAN = """
 import sys, time
 from superconverge.signals import StopSignals

@@ -44,8 +44,9 @@ class StopSignals:
         self._closed = threading.Event()
 
     def __enter__(self) -> StopSignals:
-        for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._on_signal)
+        if threading.current_thread() is threading.main_thread():  # Python lets only the main thread set handlers
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
         if self.watch_parent:
             parent = os.getppid()
             threading.Thread(target=self._watch, args=(parent,), name="superconverge-parent-watch", daemon=True).start()
