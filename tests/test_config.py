@@ -99,3 +99,12 @@ def test_bare_no_means_no_mixed_precision(tmp_path):
     assert load_config(tmp_path / "plain.yaml").trainer.mixed_precision == "no"
     with pytest.raises(ConfigError, match="trainer.mixed_precision"):
         load_config(None, ["trainer.mixed_precision=yes"])
+
+
+def test_a_resume_applies_only_changes_that_leave_the_checkpoint_valid():
+    from superconverge.config import resume_changes
+
+    saved = load_config(ROOT / "configs" / "digits.yaml").model_dump(mode="json")
+    changed = load_config(ROOT / "configs" / "digits.yaml", ["data.mirror=http://mirror", "console.mode=plain", "schedule.max_lr=0.1"])
+    applied, refused = resume_changes(saved, changed)
+    assert set(applied) == {"data.mirror", "console.mode"} and set(refused) == {"schedule.max_lr"}

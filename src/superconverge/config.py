@@ -268,7 +268,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 # fast it runs. Anything else (data, model, optimizer, schedule, range test, epochs, precision)
 # shaped the checkpoint and its one-cycle schedule, so a change could only be ignored.
 RESUMABLE_KEYS = (
-    "output_dir", "console.", "tracking.", "data.num_workers", "trainer.resume", "trainer.stop_after_epochs",
+    "output_dir", "console.", "tracking.", "data.num_workers", "data.mirror", "model.weights_mirror", "trainer.resume",
+    "trainer.stop_after_epochs",
     "trainer.stop_after_steps", "trainer.checkpoint_every_steps", "trainer.preemption_check_steps",
     "trainer.collective_timeout_minutes", "trainer.orphan_grace_seconds", "trainer.compile", "trainer.compile_mode",
     "trainer.channels_last", "trainer.deterministic",

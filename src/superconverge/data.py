@@ -29,6 +29,7 @@ from superconverge.errors import UserError
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = datasets.folder.IMG_EXTENSIONS
+PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises for a bad file
 FLIP_SAFE = {"fashion_mnist", "cifar10", "cifar100", "imagefolder", "fake"}
 
 
@@ -126,7 +127,7 @@ def load_rgb(path: str) -> Image.Image:
     try:
         with open(path, "rb") as handle:
             return Image.open(handle).convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except PIL_ERRORS as exc:
         raise UnreadableImage(path, exc) from None
 
 
@@ -243,7 +244,10 @@ def _load_cifar(cfg: DataConfig, train: bool) -> RawImages:
     with one_at_a_time(root):
         try:
             if cfg.mirror is None:
-                ds = cls(str(root), train=train, download=True)  # torchvision downloads once and checks every md5
+                try:
+                    ds = cls(str(root), train=train, download=False)  # one md5 pass over the batches
+                except RuntimeError:
+                    ds = cls(str(root), train=train, download=True)  # torchvision downloads and checks every md5
                 pixels, labels = ds.data, ds.targets
             else:
                 if not (root / cls.base_folder).is_dir():
@@ -357,7 +361,7 @@ def _readable(path: str, bad: list[str]) -> bool:
         with Image.open(path) as image:
             image.verify()
         return True
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except PIL_ERRORS as exc:
         bad.append(f"{path} ({type(exc).__name__}: {exc})")
         return False
 

@@ -265,11 +265,12 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         done = self.state.optimizer_steps
-        if done % self.cfg.trainer.preemption_check_steps == 0:
+        at_check = done % self.cfg.trainer.preemption_check_steps == 0
+        if at_check:
             self._check_finite()
         if done >= self.state.total_steps:
             return False  # the last step: the run ends normally
-        if done % self.cfg.trainer.preemption_check_steps == 0 and self.stop.agreed(self.accelerator):
+        if at_check and self.stop.agreed(self.accelerator):
             self.preempted = True
             return True
         limit = self.cfg.trainer.stop_after_steps
