@@ -70,7 +70,7 @@ def main() -> None:
     for world, num_iter in product(WORLDS, NUM_ITERS):
         runs = [found[world, num_iter, s] for s in SEEDS]
         cells = " | ".join(f"{r['suggestions'][default]:.2e}" for r in runs)
-        iterations = "/".join(str(len(r["lrs"])) for r in runs)
+        iterations = "/".join(str(r["iterations_run"]) for r in runs)
         lines.append(f"| {world} | {num_iter} | {cells} | {iterations} |")
     lines += [
         "",

@@ -35,7 +35,9 @@ class Task:
 
 def fashion(name, half, limit, batch, epochs, *extra, grid=ADAM_GRID, model="small_cnn") -> Task:
     overrides = (FASHION[1], f"data.limit_train={limit}", f"data.batch_size={batch}", f"trainer.epochs={epochs}", f"model.name={model}")
-    return Task(name, half, FASHION[0], overrides + extra, 3, grid)
+    # A model trained on 2k images varies more between seeds (its grid read 84.5, 83.5, 84.9 % at
+    # neighbouring LRs over 3 seeds): six seeds, like digits' five, for a mean worth a regret.
+    return Task(name, half, FASHION[0], overrides + extra, 6 if limit < 5000 else 3, grid)
 
 
 def digits(name, half, batch, epochs, *extra, grid=ADAM_GRID) -> Task:

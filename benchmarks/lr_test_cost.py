@@ -60,17 +60,17 @@ def growth() -> list[str]:
             shutil.rmtree(run_dir, ignore_errors=True)
             wall = launch(world_size, "lr_find.py", f"output_dir={run_dir}", f"lr_finder.num_iter={num_iter}")
             found = read_json(run_dir / "lr_finder.json")
-            per_iteration = found["seconds"] / len(found["lrs"])
+            per_iteration = found["seconds"] / found["iterations_run"]
             per_iteration_ms.setdefault(world_size, []).append(1000 * per_iteration)
             rows.append(
-                f"| {world_size} | {found['effective_batch_size']} | {num_iter} | {len(found['lrs'])} | {found['seconds']:.1f} | "
+                f"| {world_size} | {found['effective_batch_size']} | {num_iter} | {found['iterations_run']} | {found['seconds']:.1f} | "
                 f"{1000 * per_iteration:.0f} | {wall:.1f} | {found['max_lr']:.2e} ({found['policy']}) |"
             )
             print(rows[-1], flush=True)
     return [
         "## Growth with num_iter and world size (`lr_find.py`, the same code path)",
         "",
-        "Iterations done < num_iter when the loss diverged first (the test stops there).",
+        "Iterations done < num_iter when the loss diverged first and too few were left for another sweep.",
         "",
         "| world size | effective batch | num_iter | iterations done | range test s | ms per iteration | whole command s | chosen max_lr |",
         "|---|---|---|---|---|---|---|---|",

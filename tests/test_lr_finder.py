@@ -1,15 +1,17 @@
 """The LR range test: spread over every rank at the global batch, max_lr from rank 0, restored state, once per run."""
 
 import json
+import math
 import time
 
 import pytest
+import torch
 from conftest import ROOT, run, summary
 
 REPORT = "tests/workers/report_worker.py"
 RANGE_TEST = "tests/workers/range_test_worker.py"
-FAST = ["schedule.max_lr=auto", "lr_finder.num_iter=40", "lr_finder.skip_start=4", "lr_finder.skip_end=2", "lr_finder.start_lr=1e-5",
-        "lr_finder.end_lr=1"]  # fmt: skip
+FAST = ["schedule.max_lr=auto", "lr_finder.num_iter=40", "lr_finder.sweep_iter=40", "lr_finder.skip_start=4", "lr_finder.skip_end=2",
+        "lr_finder.start_lr=1e-5", "lr_finder.end_lr=1"]  # fmt: skip
 
 
 def reports(folder) -> list[dict]:
@@ -29,16 +31,17 @@ def two_rank_range_test(tmp_path_factory):
 def test_both_ranks_do_the_work(two_rank_range_test):
     ranks = reports(two_rank_range_test / "two")
     assert [r["world_size"] for r in ranks] == [2, 2]
-    iterations = ranks[0]["iterations"]
+    iterations = ranks[0]["iterations_run"]
     # Every rank pushed one micro-batch per iteration through the DDP model: half the global batch each.
     assert ranks[0]["batches_per_rank"] == ranks[1]["batches_per_rank"] == [iterations, iterations]
+    assert 20 < ranks[0]["iterations"] <= iterations <= 40
     assert ranks[0]["max_lr"] == ranks[1]["max_lr"]
 
 
 def test_the_curve_is_the_global_batchs_curve(two_rank_range_test):
     two = reports(two_rank_range_test / "two")[0]
     one = json.loads((two_rank_range_test / "one" / "rank0.json").read_text())
-    assert one["batches_per_rank"] == [2 * one["iterations"]]  # one process: both micro-batches of each global batch
+    assert one["batches_per_rank"] == [2 * one["iterations_run"]]  # one process: both micro-batches of each global batch
     assert len(two["raw_losses"]) == len(one["raw_losses"]) > 20
     assert two["raw_losses"] == pytest.approx(one["raw_losses"], rel=1e-5, abs=1e-6)
     assert two["max_lr"] == pytest.approx(one["max_lr"], rel=1e-6)
@@ -60,7 +63,7 @@ def test_two_ranks_train_with_rank_zeros_max_lr(digits_args, tmp_path):
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert ranks[0]["max_lr"] == ranks[1]["max_lr"] == found["max_lr"] == found["suggestions"][found["policy"]]
     assert found["effective_batch_size"] == 32 * 2 * 2 and found["accumulation_steps"] == 2 and found["world_size"] == 2
-    assert found["batches_per_rank"] == [len(found["lrs"]) * 2] * 2  # each iteration: 2 micro-batches on each rank
+    assert found["batches_per_rank"] == [found["iterations_run"] * 2] * 2  # each iteration: 2 micro-batches on each rank
     assert found["max_lr"] < found["lr_at_minimum"]
     assert (tmp_path / "run" / "lr_finder.png").stat().st_size > 10_000
     info = summary(tmp_path / "run")
@@ -106,54 +109,99 @@ def test_random_labels_are_refused_with_the_keys_to_change(digits_args, tmp_path
 def test_standalone_lr_find_command(digits_args, tmp_path, nproc):
     proc = run(digits_args(*FAST, "lr_finder.policy=steepest"), nproc=nproc, script="lr_find.py")
     found = json.loads((tmp_path / "run" / "lr_finder.json").read_text())
-    for name in ("near_minimum", "steepest", "valley", "minimum"):
+    for name in ("floor_edge", "near_minimum", "steepest", "valley", "minimum"):
         assert name in proc.stdout and f"{found['suggestions'][name]:.3e}" in proc.stdout
     assert found["policy"] == "steepest" and found["effective_batch_size"] == 64 * nproc and found["world_size"] == nproc
     assert (tmp_path / "run" / "lr_finder.png").is_file() and not (tmp_path / "run" / "summary.json").exists()
     assert "\x1b[" not in proc.stdout  # plain text when not a terminal
 
 
-def test_sweep_ranges_interleave():
-    from superconverge.lr_finder import sweep_ranges
+def test_sweep_grids_interleave_however_many_sweeps_run():
+    from superconverge.config import LRFinderConfig
+    from superconverge.lr_finder import sweep_grid
 
-    exp = sweep_ranges(1e-6, 1.0, 61, 2, "exp")  # 10 points a decade; the second sweep half a step higher
-    assert exp[0] == (1e-6, 1.0) and exp[1][0] == pytest.approx(1e-6 * 10**0.05) and exp[1][1] == pytest.approx(10**0.05)
-    linear = sweep_ranges(0.0, 1.0, 11, 4, "linear")
-    assert [start for start, _ in linear] == pytest.approx([0.0, 0.025, 0.05, 0.075])
+    cfg = LRFinderConfig(start_lr=1e-6, end_lr=1.0, sweep_iter=61)  # 10 steps a decade
+    assert sweep_grid(cfg, 0).lr(0) == pytest.approx(1e-6) and sweep_grid(cfg, 0).lr(60) == pytest.approx(1.0)
+    for sweeps in (2, 3, 5):
+        offsets = sorted(sweep_grid(cfg, j).offset for j in range(sweeps))
+        gaps = [b - a for a, b in zip(offsets, [*offsets[1:], offsets[0] + 1], strict=True)]  # around the circle
+        assert len(set(offsets)) == sweeps and max(gaps) < 2.1 / sweeps  # spread over a step, none bunched
+    linear = sweep_grid(LRFinderConfig(start_lr=0.1, end_lr=1.1, sweep_iter=11, step_mode="linear"), 1)
+    assert linear.lr(1) - linear.lr(0) == pytest.approx(0.1) and linear.lr(0) == pytest.approx(0.1 + 0.1 * linear.offset)
 
 
-def test_every_sweep_starts_from_the_same_weights(tmp_path):
-    """num_iter 60 as two sweeps of 30: both begin at the saved weights, their LRs interleave, and all comes back."""
+def test_range_test_runs_at_one_cycles_peak_momentum():
+    from superconverge.config import load_config
+    from superconverge.lr_finder import range_test_optimizer
+
+    sgd = load_config(ROOT / "configs" / "digits.yaml", ["optimizer.name=sgd", "optimizer.momentum=0.9", "schedule.base_momentum=0.8"])
+    assert range_test_optimizer(sgd).momentum == 0.8 and sgd.optimizer.momentum == 0.9
+    adam = load_config(ROOT / "configs" / "digits.yaml", ["optimizer.betas=[0.9,0.98]"])
+    assert range_test_optimizer(adam).betas == (0.85, 0.98)
+    for off in ("lr_finder.peak_momentum=false", "schedule.cycle_momentum=false"):
+        cfg = load_config(ROOT / "configs" / "digits.yaml", [off])
+        assert range_test_optimizer(cfg) == cfg.optimizer
+
+
+def _range_test(cfg, optimizer_lr: float = 1e-3):
+    """The real range test on one process, after one optimizer step (state worth restoring)."""
     import copy
 
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
-    from superconverge.config import load_config
     from superconverge.data import build_data
     from superconverge.lr_finder import run_range_test
     from superconverge.models import build_model
     from superconverge.schedule import build_optimizer
 
-    cfg = load_config(
-        ROOT / "configs" / "digits.yaml", [*FAST, "lr_finder.num_iter=60", "lr_finder.sweep_iter=30", f"output_dir={tmp_path}"]
-    )
     data = build_data(cfg.data)
     model = build_model(cfg.model, data.num_classes, data.in_channels)
-    optimizer = build_optimizer(cfg.optimizer, model, lr=1e-3)
+    optimizer = build_optimizer(cfg.optimizer, model, lr=optimizer_lr)
     images, labels = next(iter(torch.utils.data.DataLoader(data.train, batch_size=32)))
     torch.nn.functional.cross_entropy(model(data.eval_transform(images)), labels).backward()
-    optimizer.step()  # some optimizer state worth restoring
-    model_before, optimizer_before = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    optimizer.step()
+    before = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
     try:
         result = run_range_test(cfg, data, model, optimizer, Accelerator(cpu=True))
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-    assert result.sweeps == 2 and 40 < result.iterations <= 60 and result.batches_per_rank[0] >= result.iterations
-    assert result.lrs == sorted(result.lrs) and len(set(result.lrs)) == len(result.lrs)  # two interleaved sweeps
-    assert result.lrs[0] == pytest.approx(1e-5) and result.lrs[1] == pytest.approx(1e-5 * (1e5 ** (1 / 29)) ** 0.5)
+    return result, before, (model, optimizer)
+
+
+def test_a_short_test_scouts_then_keeps_the_grids_step(tmp_path):
+    """num_iter below sweep_iter: long strides while the loss has not moved, then every step of the same grid."""
+    from superconverge.config import load_config
+    from superconverge.lr_finder import LEAD_STEPS, sweep_grid
+
+    cfg = load_config(ROOT / "configs" / "digits.yaml", ["lr_finder.num_iter=40", "lr_finder.sweep_iter=100", f"output_dir={tmp_path}"])
+    result, (model_before, _), (model, _) = _range_test(cfg)
+    grid = sweep_grid(cfg.lr_finder, 0)
+    steps = [round(math.log(lr / grid.start) / math.log(grid.lr(1) / grid.start)) for lr in result.lrs]
+    strides = [b - a for a, b in zip(steps, steps[1:], strict=False)]
+    scouted = next(i for i, stride in enumerate(strides) if stride != LEAD_STEPS)  # the scout's points kept
+    assert result.sweeps == 1 and result.iterations < result.iterations_run <= 40 and steps[0] == 0 and scouted >= 2
+    assert all(stride == 1 for stride in strides[scouted + 1 :])  # then every step of the grid
+    assert max(steps) > 40  # further up the grid than 40 single steps reach
+    assert all(torch.equal(value, model_before[key]) for key, value in model.state_dict().items())
+
+
+def test_every_sweep_starts_from_the_same_weights(tmp_path):
+    """num_iter 60 over a grid of 30 steps: sweeps until the budget is spent, each from the saved weights, interleaved."""
+    from superconverge.config import load_config
+    from superconverge.lr_finder import sweep_grid
+
+    cfg = load_config(
+        ROOT / "configs" / "digits.yaml", [*FAST, "lr_finder.num_iter=60", "lr_finder.sweep_iter=30", f"output_dir={tmp_path}"]
+    )
+    result, (model_before, optimizer_before), (model, optimizer) = _range_test(cfg)
+    assert result.sweeps >= 2 and 40 < result.iterations <= result.iterations_run <= 60
+    assert result.batches_per_rank == [result.iterations_run]
+    assert result.lrs == sorted(result.lrs) and len(set(result.lrs)) == len(result.lrs)  # interleaved sweeps
+    firsts = sorted(sweep_grid(cfg.lr_finder, j).lr(0) for j in range(result.sweeps))
+    assert result.lrs[: result.sweeps] == pytest.approx(firsts) and firsts[0] == pytest.approx(1e-5)
     for key, value in model.state_dict().items():
         assert torch.equal(value, model_before[key]), key
     after = optimizer.state_dict()

@@ -117,3 +117,17 @@ def test_divergence_at_once_asks_for_a_lower_start():
 
 def test_every_policy_is_offered():
     assert set(suggestions(analyze(LRS, clean_valley()))) == set(POLICIES)
+
+
+def test_floor_edge_holds_where_noise_moves_the_minimum_of_a_flat_floor():
+    # A floor flat from 1e-2 to 1e-1 (then divergence): where its lowest point falls is noise, its near edge is not.
+    base = 2.3 - 2.0 / (1 + np.exp(-10.0 * (LOG + 2.5))) + np.where(LOG > -1, 20 * (LOG + 1) ** 2, 0)
+    edges, minima = [], []
+    for seed in range(6):
+        noisy = base + np.random.default_rng(seed).normal(0, 0.01, len(LRS))
+        curve = analyze(LRS, noisy, chance_loss=CHANCE)
+        edges.append(POLICIES["floor_edge"](curve))
+        minima.append(curve.lr_at_minimum)
+        assert edges[-1] < curve.lr_at_minimum
+    assert max(minima) / min(minima) > 2  # the minimum wanders along the floor ...
+    assert max(edges) / min(edges) < 1.5  # ... its near edge stays put

@@ -264,7 +264,7 @@ def print_suggestions(found: RangeTestResult, run_dir: Path) -> None:
     console = Console(soft_wrap=True)
     console.print(
         f"LR range test: global batch {found.effective_batch_size} on {found.world_size} process(es), "
-        f"{found.iterations} iterations in {found.sweeps} sweep(s), {found.seconds:.1f} s"
+        f"{found.iterations_run} iterations in {found.sweeps} sweep(s), {found.seconds:.1f} s"
     )
     console.print(table)
     if found.lr_at_minimum:

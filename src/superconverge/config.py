@@ -96,13 +96,14 @@ class LRFinderConfig(Section):
     start_lr: PositiveFloat = 1e-6
     end_lr: PositiveFloat = 10.0
     num_iter: Annotated[int, Field(ge=10)] = 100
-    sweep_iter: Annotated[int, Field(ge=10)] = 100  # num_iter is run as sweeps of this many iterations, each from the same weights
+    sweep_iter: Annotated[int, Field(ge=10)] = 100  # steps of a sweep's grid; num_iter runs as sweeps of it, each from the same weights
+    peak_momentum: bool = True  # test at the momentum one cycle has at max_lr (schedule.base_momentum)
     step_mode: Literal["exp", "linear"] = "exp"
     smooth_f: Annotated[float, Field(ge=0, lt=1)] = 0.2  # torch-lr-finder's EMA, used only for its stop rule
     diverge_th: Annotated[float, Field(gt=1)] = 5.0  # stop once that EMA exceeds this multiple of its best
     skip_start: Annotated[int, Field(ge=0)] = 10
     skip_end: Annotated[int, Field(ge=0)] = 5
-    policy: Literal["near_minimum", "steepest", "valley", "minimum"] = "near_minimum"  # chosen in benchmarks/lr_policies.py
+    policy: Literal["floor_edge", "near_minimum", "steepest", "valley", "minimum"] = "floor_edge"  # chosen in benchmarks/lr_policies.py
     fallback_max_lr: PositiveFloat | None = None
 
     @model_validator(mode="after")

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
 from superconverge import jsonfile, lr_rules
-from superconverge.config import Config
+from superconverge.config import Config, LRFinderConfig, OptimizerConfig
 from superconverge.console import RunConsole
 from superconverge.data import BatchTransform, DataBundle
 from superconverge.lr_rules import RangeTestError
@@ -49,6 +49,7 @@ class RangeTestResult:
     batches_per_rank: list[int]
     stopped_on_divergence: bool
     seconds: float
+    iterations_run: int  # every global batch trained on, a scout's included (``iterations``: points on the curve)
     suggestions: dict[str, float] = field(default_factory=dict)
     lr_at_minimum: float | None = None
     tail_lr: float | None = None
@@ -151,23 +152,115 @@ def _amp_settings(mixed_precision: str, device: torch.device) -> dict:
     }
 
 
-def sweep_ranges(start: float, end: float, iterations: int, sweeps: int, step_mode: str) -> list[tuple[float, float]]:
-    """LR ranges of the sweeps, each shifted by 1/sweeps of a step, so together they interleave."""
-    if step_mode == "exp":
-        step = (end / start) ** (1 / (iterations - 1))
-        return [(start * step ** (j / sweeps), end * step ** (j / sweeps)) for j in range(sweeps)]
-    step = (end - start) / (iterations - 1)
-    return [(start + step * j / sweeps, end + step * j / sweeps) for j in range(sweeps)]
+# A sweep whose budget cannot visit every step of its grid (num_iter < sweep_iter) first scouts:
+# LEAD_STEPS steps an iteration until the loss has fallen LEAD_DROP below where it started (or the
+# rest of the budget reaches the grid's end step by step). Then the weights go back and the sweep
+# runs every step from a decade below where the loss moved. Training in a sweep is dominated by its
+# last decade of LRs (their sum is geometric), so the steps it then visits meet nearly the model a
+# whole sweep would, where a coarser grid would train less per decade and move the curve right.
+LEAD_STEPS = 4
+LEAD_DROP = 0.1  # well above the noise of a two-batch mean (a false start spends the budget too low)
+LEAD_BACKOFF_DECADES = 1.0
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """The LRs of one sweep: step ``i`` of ``steps`` from start to end, shifted by ``offset`` of a step."""
+
+    start: float
+    end: float
+    steps: int
+    offset: float
+    step_mode: str
+
+    @property
+    def steps_per_decade(self) -> float | None:
+        return (self.steps - 1) / math.log10(self.end / self.start) if self.step_mode == "exp" else None
+
+    def lr(self, i: int) -> float:
+        position = (i + self.offset) / (self.steps - 1)
+        if self.step_mode == "exp":
+            return self.start * (self.end / self.start) ** position
+        return self.start + (self.end - self.start) * position
+
+
+def sweep_grid(cfg: LRFinderConfig, sweep: int) -> SweepGrid:
+    """Sweep ``sweep``'s grid, shifted by the golden ratio's multiples of a step (mod 1): however many
+    sweeps the budget holds, their LRs interleave evenly (the first one is the plain grid)."""
+    offset = (sweep * (math.sqrt(5) - 1) / 2) % 1.0
+    return SweepGrid(cfg.start_lr, cfg.end_lr, cfg.sweep_iter, offset, cfg.step_mode)
+
+
+@dataclass
+class Sweep:
+    points: list[tuple[float, float]]  # (lr, global-batch loss) that make the curve
+    iterations: int  # run, the scout's included
+    diverged: bool
+
+
+class _Sweeper:
+    """Sweeps through torch-lr-finder's range_test, each from the weights and optimizer state it started with."""
+
+    def __init__(self, finder: _GlobalBatchFinder, batches: _TrainingBatches, cfg: Config) -> None:
+        self.finder, self.batches, self.cfg = finder, batches, cfg
+        # torch-lr-finder's reset() loads its cached optimizer state without copying, so after one reset
+        # the live state aliases the cache and the next sweep would corrupt it: reload a private copy.
+        self.pristine_optimizer = copy.deepcopy(finder.optimizer.state_dict())
+
+    def restore(self) -> None:
+        self.finder.reset()
+        self.finder.optimizer.load_state_dict(copy.deepcopy(self.pristine_optimizer))
+
+    def _run(self, grid: SweepGrid, first: int, last: int, iterations: int) -> list[tuple[float, float]]:
+        finder_cfg = self.cfg.lr_finder
+        self.finder.raw_losses = []
+        for group in self.finder.optimizer.param_groups:
+            group.pop("initial_lr", None)  # the last call's LR schedule, which range_test would take for a user's scheduler
+        # torch-lr-finder prints and draws a tqdm bar of its own; the console belongs to the trainer.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            self.finder.range_test(self.batches, start_lr=grid.lr(first), end_lr=grid.lr(last), num_iter=iterations,
+                                   step_mode=grid.step_mode, smooth_f=finder_cfg.smooth_f, diverge_th=finder_cfg.diverge_th,
+                                   accumulation_steps=self.cfg.trainer.grad_accum_steps)  # fmt: skip
+        return list(zip(self.finder.history["lr"], self.finder.raw_losses, strict=True))
+
+    def _scout(self, grid: SweepGrid, budget: int) -> tuple[list[tuple[float, float]], int]:
+        """Strides through the grid until the loss moves; its points, and the step where it stopped."""
+        points: list[tuple[float, float]] = []
+        step, baseline = 0, None
+        while budget - len(points) > 2 and step + budget - len(points) < grid.steps:
+            chunk = self._run(grid, step, step + LEAD_STEPS, 2)
+            points += chunk
+            level = sum(loss for _, loss in chunk) / len(chunk)  # nan if it blew up: the comparison below fails, stop
+            baseline = level if baseline is None else baseline
+            if not level >= (1 - LEAD_DROP) * baseline:
+                break
+            step += 2 * LEAD_STEPS
+        return points, step
+
+    def sweep(self, grid: SweepGrid, budget: int) -> Sweep:
+        """At most ``budget`` iterations over ``grid``; the model and optimizer are restored after."""
+        scouted, start = [], 0
+        if grid.steps_per_decade is not None and budget < grid.steps:
+            scouted, moved = self._scout(grid, budget)
+            self.restore()
+            start = max(0, moved - round(LEAD_BACKOFF_DECADES * grid.steps_per_decade))
+        iterations = min(budget - len(scouted), grid.steps - start)
+        fine = self._run(grid, start, start + iterations - 1, iterations) if iterations >= 2 else []
+        self.restore()
+        below = [point for point in scouted if point[0] < grid.lr(start)]  # where the scout's loss had not moved
+        return Sweep(below + fine, len(scouted) + len(fine), len(fine) < iterations)
 
 
 def run_range_test(cfg: Config, data: DataBundle, model: nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator,
                    progress: Callable[[int], None] | None = None) -> RangeTestResult:  # fmt: skip
     """torch-lr-finder over global batches on every rank; model and optimizer are restored after.
 
-    ``num_iter`` is split into sweeps of ``sweep_iter`` iterations, each from the same starting
-    weights: the model trains during a sweep, so one long sweep reaches each LR more trained than a
-    short one and its curve moves to lower LRs. Short sweeps keep the curve where it is, and more
-    iterations only add sweeps, staggered in LR, i.e. resolution and averaging.
+    ``num_iter`` iterations in all, spent on sweeps over a grid of ``sweep_iter`` steps, each from
+    the same starting weights and each ending where its loss diverges: the model trains during a
+    sweep, so a sweep with more steps per decade reaches each LR more trained and its curve moves to
+    lower LRs. The step therefore never changes with num_iter: more iterations add sweeps, staggered
+    in LR (resolution and averaging), and fewer than ``sweep_iter`` run one sweep that scouts through
+    the LRs that train nothing first (``LEAD_STEPS``).
     """
     finder_cfg, world = cfg.lr_finder, accelerator.num_processes
     sampler = GlobalBatchSampler(len(data.train), cfg.data.batch_size, accelerator.process_index, world, cfg.seed)
@@ -176,25 +269,14 @@ def run_range_test(cfg: Config, data: DataBundle, model: nn.Module, optimizer: t
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optimizer.label_smoothing)
     finder = _GlobalBatchFinder(model, optimizer, criterion, device=accelerator.device, accelerator=accelerator,
                                 **_amp_settings(accelerator.mixed_precision, accelerator.device))  # fmt: skip
-    sweeps = max(1, round(finder_cfg.num_iter / finder_cfg.sweep_iter))
-    iterations = min(finder_cfg.num_iter, finder_cfg.sweep_iter)
+    sweeper = _Sweeper(finder, batches, cfg)
     points: list[tuple[float, float]] = []
-    stopped = False
-    # torch-lr-finder's reset() loads its cached optimizer state without copying, so after one reset
-    # the live state aliases the cache and the next sweep would corrupt it: reload a private copy.
-    pristine_optimizer = copy.deepcopy(optimizer.state_dict())
+    sweeps, spent, stopped = 0, 0, False
     started = time.perf_counter()
-    for start_lr, end_lr in sweep_ranges(finder_cfg.start_lr, finder_cfg.end_lr, iterations, sweeps, finder_cfg.step_mode):
-        finder.raw_losses = []
-        # torch-lr-finder prints and draws a tqdm bar of its own; the console belongs to the trainer.
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            finder.range_test(batches, start_lr=start_lr, end_lr=end_lr, num_iter=iterations, step_mode=finder_cfg.step_mode,
-                              smooth_f=finder_cfg.smooth_f, diverge_th=finder_cfg.diverge_th,
-                              accumulation_steps=cfg.trainer.grad_accum_steps)  # fmt: skip
-        finder.reset()  # model and optimizer back to their state before the test, for the next sweep and for training
-        optimizer.load_state_dict(copy.deepcopy(pristine_optimizer))
-        stopped |= len(finder.raw_losses) < iterations
-        points += _finite_prefix(finder.history["lr"], finder.raw_losses)
+    while sweeps == 0 or finder_cfg.num_iter - spent >= finder_cfg.sweep_iter // 4:  # a sweep that can reach the curve's bend
+        found = sweeper.sweep(sweep_grid(finder_cfg, sweeps), min(finder_cfg.num_iter - spent, finder_cfg.sweep_iter))
+        sweeps, spent, stopped = sweeps + 1, spent + found.iterations, stopped or found.diverged
+        points += _finite_prefix(found.points)
     seconds = time.perf_counter() - started
     points.sort()
     lrs, raw = [lr for lr, _ in points], [loss for _, loss in points]
@@ -202,14 +284,14 @@ def run_range_test(cfg: Config, data: DataBundle, model: nn.Module, optimizer: t
         lrs=lrs, raw_losses=raw, smoothed_losses=lr_rules.smooth(np.asarray(lrs), np.asarray(raw)).tolist() if raw else [],
         policy=finder_cfg.policy, effective_batch_size=cfg.global_batch_size(world), world_size=world, sweeps=sweeps,
         accumulation_steps=cfg.trainer.grad_accum_steps, batches_per_rank=gather_object([batches.batches_seen]),
-        stopped_on_divergence=stopped, seconds=seconds,
+        stopped_on_divergence=stopped, seconds=seconds, iterations_run=spent,
     )  # fmt: skip
 
 
-def _finite_prefix(lrs: list[float], losses: list[float]) -> list[tuple[float, float]]:
+def _finite_prefix(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """A sweep's points up to its first non-finite loss (where it blew up)."""
     kept = []
-    for lr, loss in zip(lrs, losses, strict=True):
+    for lr, loss in points:
         if not math.isfinite(loss):
             break
         kept.append((lr, loss))
@@ -247,7 +329,8 @@ def plot(result: RangeTestResult, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     ax.plot(result.lrs, result.raw_losses, color="0.75", linewidth=0.8, label="loss (global batch)")
     ax.plot(result.lrs, result.smoothed_losses, color="tab:blue", label="smoothed loss (centred)")
-    colors = {"near_minimum": "tab:red", "steepest": "tab:orange", "valley": "tab:green", "minimum": "tab:purple"}
+    colors = {"floor_edge": "tab:red", "near_minimum": "tab:brown", "steepest": "tab:orange", "valley": "tab:green",
+              "minimum": "tab:purple"}  # fmt: skip
     for name, lr in result.suggestions.items():
         chosen = name == result.policy and not result.fallback_used
         ax.axvline(lr, color=colors.get(name, "black"), linewidth=3 if chosen else 1.2, linestyle="-" if chosen else "--",
@@ -271,11 +354,23 @@ def plot(result: RangeTestResult, path: Path) -> None:
     plt.close(fig)
 
 
+def range_test_optimizer(cfg: Config) -> OptimizerConfig:
+    """The optimizer as training has it at max_lr: one cycle's momentum (beta1) is base_momentum at the peak.
+
+    SGD's step grows as 1 / (1 - momentum), so a test at 0.9 where training peaks at 0.85 measures an
+    LR ceiling 1.5x lower than the one training meets.
+    """
+    if not (cfg.lr_finder.peak_momentum and cfg.schedule.cycle_momentum):
+        return cfg.optimizer
+    momentum = cfg.schedule.base_momentum
+    return cfg.optimizer.model_copy(update={"momentum": momentum, "betas": (momentum, cfg.optimizer.betas[1])})
+
+
 def find_max_lr(cfg: Config, accelerator: Accelerator, data: DataBundle, model: nn.Module, console: RunConsole) -> MaxLRChoice:
     """Run the range test on every rank; rank 0 picks max_lr and every rank gets its result (or error)."""
     if cfg.schedule.max_lr != "auto":
         return MaxLRChoice(float(cfg.schedule.max_lr), "fixed")
-    optimizer = build_optimizer(cfg.optimizer, model, lr=cfg.lr_finder.start_lr)  # the trainer builds its own
+    optimizer = build_optimizer(range_test_optimizer(cfg), model, lr=cfg.lr_finder.start_lr)  # the trainer builds its own
     console.start_phase("LR test", cfg.lr_finder.num_iter * cfg.trainer.grad_accum_steps)  # at most: sweeps stop on divergence
     result = run_range_test(cfg, data, model, optimizer, accelerator, console.advance)
     payload: RangeTestResult | str | None = None

@@ -11,7 +11,6 @@ in ``benchmarks/lr_policies.py``; the default is the one chosen there on half of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,11 +19,13 @@ import numpy as np
 from superconverge.errors import UserError
 
 MIN_POINTS = 5
-SMOOTH_DECADES = 0.4  # width of the centred smoothing window, in decades of LR
-# The diverging tail starts where the loss has climbed back TAIL_RISE of its descent and risen
-# TAIL_RISE_OF_MIN above its lowest value so far (both must hold: noise on a low floor is not a tail).
-TAIL_RISE = 0.5
-TAIL_RISE_OF_MIN = 0.1
+# How the curve is read, chosen with the default policy in benchmarks/lr_policies.py ("w0.2 bump"):
+SMOOTH_DECADES = 0.2  # width of the centred smoothing window, in decades of LR
+# The diverging tail starts where the loss has risen TAIL_RISE_OF_MIN above its lowest value so far
+# and climbed back TAIL_RISE of its descent (both must hold: noise on a low floor is not a tail), so
+# a first bump counts as the tail even if the loss comes back down after it.
+TAIL_RISE = 0.05
+TAIL_RISE_OF_MIN = 0.3
 MIN_DROP = 0.05  # a real descent: the minimum is this share below the start and below chance level
 
 
@@ -47,10 +48,15 @@ class Curve:
 
 
 def smooth(lrs: np.ndarray, losses: np.ndarray, decades: float = SMOOTH_DECADES) -> np.ndarray:
-    """Running median (drops single spikes), then running mean, both centred: no lag in LR."""
-    span = math.log10(lrs[-1] / lrs[0]) if len(lrs) > 1 and lrs[-1] > lrs[0] else 1.0
-    half = max(1, round(decades * (len(lrs) - 1) / span / 2))
-    windows = [slice(max(0, i - half), i + half + 1) for i in range(len(losses))]
+    """Running median (drops single spikes), then running mean, both centred: no lag in LR.
+
+    Windows span ``decades`` of LR (at least one neighbour each side), so the sparse points of a
+    sweep's fast start are not averaged over a wider LR range than the dense ones.
+    """
+    logs, count = np.log10(np.asarray(lrs, dtype=float)), len(losses)
+    first = np.searchsorted(logs, logs - decades / 2 - 1e-9, side="left")
+    last = np.searchsorted(logs, logs + decades / 2 + 1e-9, side="right")
+    windows = [slice(min(first[i], max(0, i - 1)), max(last[i], min(count, i + 2))) for i in range(count)]
     medians = np.array([np.median(losses[w]) for w in windows])
     return np.array([medians[w].mean() for w in windows])
 
@@ -97,8 +103,9 @@ def analyze(lrs: Sequence[float], raw_losses: Sequence[float], skip_start: int =
     tail_lr = float(lrs[tail]) if tail < len(smoothed) else (float(lrs[-1]) if cut < len(raw) else None)
     if tail_lr is None and minimum >= end - 2:
         raise RangeTestError(
-            f"the range test's loss was still falling at lr_finder.end_lr={lrs[-1]:.3g}: raise lr_finder.end_lr so the test "
-            "reaches the LR where training breaks down"
+            f"the range test's loss was still falling where the test ended (LR {lrs[-1]:.3g}): raise lr_finder.end_lr, "
+            "or lr_finder.num_iter (or lower lr_finder.sweep_iter) if the test stopped below it, so the test reaches the LR "
+            "where training breaks down"
         )
     return Curve(lrs[:end], smoothed[:end], minimum, tail_lr)
 
@@ -146,11 +153,26 @@ def minimum_div(divisor: float) -> Callable[[Curve], float]:
     return rule
 
 
+def floor_edge(share: float) -> Callable[[Curve], float]:
+    """The lowest LR whose smoothed loss is within ``share`` of the descent above the curve's lowest
+    value: the near edge of the valley, which noise moves less than the minimum of a flat floor."""
+
+    def rule(curve: Curve) -> float:
+        floor = curve.losses[curve.minimum]
+        near = curve.losses[: curve.minimum + 1] <= floor + share * (curve.losses[0] - floor)
+        return _before_minimum(curve, int(np.argmax(near)))
+
+    return rule
+
+
 # Chosen in benchmarks/lr_policies.py on the tune half of its tasks (results/lr_policies.md): one-cycle's
-# warm-up lets training take an LR close to where the range test's loss turns up, so the best rule
-# allowed to answer below the minimum answers just below it (0.1 decade).
+# warm-up lets training take an LR close to where the range test's loss stops falling, so the best
+# rules allowed to answer below the minimum answer just below it; the edge of the floor is the one
+# that noise on a flat floor moves least.
+FLOOR_EDGE_SHARE = 0.02
 NEAR_MINIMUM_DIVISOR = 1.25
 POLICIES: dict[str, Callable[[Curve], float]] = {
+    "floor_edge": floor_edge(FLOOR_EDGE_SHARE),
     "near_minimum": minimum_div(NEAR_MINIMUM_DIVISOR),
     "steepest": steepest,
     "valley": valley,

@@ -40,6 +40,7 @@ def main() -> None:
         "max_lr": choice.max_lr,
         "batches_per_rank": choice.range_test.batches_per_rank,
         "iterations": choice.range_test.iterations,
+        "iterations_run": choice.range_test.iterations_run,
         "raw_losses": choice.range_test.raw_losses,
     }
     report_dir.mkdir(parents=True, exist_ok=True)
