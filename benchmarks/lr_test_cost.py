@@ -4,7 +4,7 @@ Every rank runs its own micro-batches of each global batch through the DDP model
 per-process batch the time per iteration should not grow with the number of processes (target:
 2 processes <= 1.3x one), and the whole test should be <= 5 % of the default run.
 
-    .venv/bin/python benchmarks/lr_test_cost.py     # ~7 min on 2 cores; writes results/lr_test_cost.md
+    .venv/bin/python benchmarks/lr_test_cost.py     # ~10 min on 2 cores; writes results/lr_test_cost.md
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from common import LAUNCH_ONE_CPU, RESULTS, SCRATCH, machine_header, read_json, 
 CONFIG = "configs/fashion_mnist.yaml"
 NUM_ITERS = (50, 100, 200, 400)
 WORLD_SIZES = (1, 2)
+ROUNDS = 2
 WORK = SCRATCH / "lr_test_cost"
 
 
@@ -52,24 +53,36 @@ def default_run() -> list[str]:
     ]
 
 
+def range_test(world_size: int, num_iter: int) -> tuple[dict, float]:
+    run_dir = WORK / f"w{world_size}-n{num_iter}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    wall = launch(world_size, "lr_find.py", f"output_dir={run_dir}", f"lr_finder.num_iter={num_iter}")
+    return read_json(run_dir / "lr_finder.json"), wall
+
+
 def growth() -> list[str]:
+    """Every (world size, num_iter) ROUNDS times, alternated; the fastest round of each (this VM drifts)."""
+    fastest: dict[tuple[int, int], tuple[dict, float]] = {}
+    for _ in range(ROUNDS):
+        for world_size in WORLD_SIZES:
+            for num_iter in NUM_ITERS:
+                found, wall = range_test(world_size, num_iter)
+                best = fastest.get((world_size, num_iter))
+                if best is None or found["seconds"] < best[0]["seconds"]:
+                    fastest[world_size, num_iter] = found, wall
     rows, per_iteration_ms = [], {}
-    for world_size in WORLD_SIZES:
-        for num_iter in NUM_ITERS:
-            run_dir = WORK / f"w{world_size}-n{num_iter}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            wall = launch(world_size, "lr_find.py", f"output_dir={run_dir}", f"lr_finder.num_iter={num_iter}")
-            found = read_json(run_dir / "lr_finder.json")
-            per_iteration = found["seconds"] / found["iterations_run"]
-            per_iteration_ms.setdefault(world_size, []).append(1000 * per_iteration)
-            rows.append(
-                f"| {world_size} | {found['effective_batch_size']} | {num_iter} | {found['iterations_run']} | {found['seconds']:.1f} | "
-                f"{1000 * per_iteration:.0f} | {wall:.1f} | {found['max_lr']:.2e} ({found['policy']}) |"
-            )
-            print(rows[-1], flush=True)
+    for (world_size, num_iter), (found, wall) in fastest.items():
+        per_iteration = found["seconds"] / found["iterations_run"]
+        per_iteration_ms.setdefault(world_size, []).append(1000 * per_iteration)
+        rows.append(
+            f"| {world_size} | {found['effective_batch_size']} | {num_iter} | {found['iterations_run']} | {found['seconds']:.1f} | "
+            f"{1000 * per_iteration:.0f} | {wall:.1f} | {found['max_lr']:.2e} ({found['policy']}) |"
+        )
+        print(rows[-1], flush=True)
     return [
         "## Growth with num_iter and world size (`lr_find.py`, the same code path)",
         "",
+        f"Each row: the faster of {ROUNDS} alternated rounds. "
         "Iterations done < num_iter when the loss diverged first and too few were left for another sweep.",
         "",
         "| world size | effective batch | num_iter | iterations done | range test s | ms per iteration | whole command s | chosen max_lr |",
