@@ -108,3 +108,13 @@ def test_a_resume_applies_only_changes_that_leave_the_checkpoint_valid():
     changed = load_config(ROOT / "configs" / "digits.yaml", ["data.mirror=http://mirror", "console.mode=plain", "schedule.max_lr=0.1"])
     applied, refused = resume_changes(saved, changed)
     assert set(applied) == {"data.mirror", "console.mode"} and set(refused) == {"schedule.max_lr"}
+
+
+def test_a_checkpoint_from_before_an_lr_finder_default_changed_still_resumes():
+    from superconverge.config import resume_changes
+
+    older = load_config(ROOT / "configs" / "digits.yaml").model_dump(mode="json")
+    older["lr_finder"]["policy"] = "near_minimum"  # the default before, and a key that did not exist yet
+    del older["lr_finder"]["peak_momentum"]
+    applied, refused = resume_changes(older, load_config(ROOT / "configs" / "digits.yaml"))
+    assert set(applied) == {"lr_finder.policy", "lr_finder.peak_momentum"} and not refused

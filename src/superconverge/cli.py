@@ -117,7 +117,9 @@ def check_config_unchanged(cfg: Config, resume_from: Path, resume_state: dict) -
             "or another output_dir"
         )
     if applied and os.environ.get("RANK", "0") == "0":
-        print(f"superconverge: resuming with {describe_changes(applied)}", file=sys.stderr, flush=True)
+        moot = any(key.startswith("lr_finder.") for key in applied)
+        note = " (lr_finder settings do not act on a resumed run: it keeps its max_lr)" if moot else ""
+        print(f"superconverge: resuming with {describe_changes(applied)}{note}", file=sys.stderr, flush=True)
 
 
 def check_output_dir(path: Path) -> None:
