@@ -51,7 +51,7 @@ def smooth(lrs: np.ndarray, losses: np.ndarray, decades: float = SMOOTH_DECADES)
     """Running median (drops single spikes), then running mean, both centred: no lag in LR.
 
     Windows span ``decades`` of LR (at least one neighbour each side), so the sparse points of a
-    sweep's fast start are not averaged over a wider LR range than the dense ones.
+    scout of a short test are not averaged over a wider LR range than the dense ones.
     """
     logs, count = np.log10(np.asarray(lrs, dtype=float)), len(losses)
     first = np.searchsorted(logs, logs - decades / 2 - 1e-9, side="left")
