@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin, set_seed
 
 from superconverge.checkpoint import REQUEUE_EXIT_CODE, check_fits, resolve_resume, validate_checkpoint
-from superconverge.config import Config, ConfigError, describe_changes, load_config, resume_changes
+from superconverge.config import MOOT_ON_RESUME, Config, ConfigError, describe_changes, load_config, resume_changes
 from superconverge.console import RunConsole
 from superconverge.data import build_data
 from superconverge.errors import UserError
@@ -117,7 +117,7 @@ def check_config_unchanged(cfg: Config, resume_from: Path, resume_state: dict) -
             "or another output_dir"
         )
     if applied and os.environ.get("RANK", "0") == "0":
-        moot = any(key.startswith("lr_finder.") for key in applied)
+        moot = any(key.startswith(MOOT_ON_RESUME) for key in applied)
         note = " (lr_finder settings do not act on a resumed run: it keeps its max_lr)" if moot else ""
         print(f"superconverge: resuming with {describe_changes(applied)}{note}", file=sys.stderr, flush=True)
 

@@ -266,12 +266,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 # What a resumed run may change: how it is watched, when it pauses, how it loads data and how
-# fast it runs. Anything else (data, model, optimizer, schedule, range test, epochs, precision)
-# shaped the checkpoint and its one-cycle schedule, so a change could only be ignored.
-# lr_finder: a resumed run keeps the max_lr its range test chose before the first checkpoint, so these
-# change nothing, and a default that changed in an upgrade must not block a requeued run.
-RESUMABLE_KEYS = (
-    "output_dir", "console.", "tracking.", "data.num_workers", "data.mirror", "model.weights_mirror", "trainer.resume", "lr_finder.",
+# fast it runs. Anything else (data, model, optimizer, schedule, epochs, precision) shaped the
+# checkpoint and its one-cycle schedule, so a change could only be ignored.
+# Moot on resume: a resumed run keeps the max_lr its range test chose before the first checkpoint, so
+# lr_finder keys change nothing, and a default that changed in an upgrade must not block a requeued run.
+MOOT_ON_RESUME = ("lr_finder.",)
+RESUMABLE_KEYS = MOOT_ON_RESUME + (
+    "output_dir", "console.", "tracking.", "data.num_workers", "data.mirror", "model.weights_mirror", "trainer.resume",
     "trainer.stop_after_epochs",
     "trainer.stop_after_steps", "trainer.checkpoint_every_steps", "trainer.preemption_check_steps",
     "trainer.collective_timeout_minutes", "trainer.orphan_grace_seconds", "trainer.compile", "trainer.compile_mode",
