@@ -46,8 +46,8 @@ test: setup test-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests train.py lr_find.py benchmarks
-	$(VENV)/bin/ruff format --check src tests train.py lr_find.py benchmarks
+	$(VENV)/bin/ruff check src tests train.py lr_find.py benchmarks examples
+	$(VENV)/bin/ruff format --check src tests train.py lr_find.py benchmarks examples
 
 clean:
 	rm -rf runs .pytest_cache

@@ -40,7 +40,7 @@ def main() -> None:
     bf16 = cfg.trainer.mixed_precision == "bf16"
     torch.manual_seed(cfg.seed)
     data = build_data(cfg.data)
-    model = build_model(cfg.model, data.num_classes, data.in_channels).to(device)
+    model = build_model(cfg.model, data.num_classes, data.in_channels).module.to(device)
     layout = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     optimizer = build_optimizer(cfg.optimizer, model, lr=args.max_lr / cfg.schedule.div_factor)

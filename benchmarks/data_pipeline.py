@@ -74,7 +74,7 @@ def loader_rate(cfg, data) -> float:
 
 
 def training_rate(cfg, data) -> float:
-    model = build_model(cfg.model, data.num_classes, data.in_channels)
+    model = build_model(cfg.model, data.num_classes, data.in_channels).module
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model, lr=1e-3)

@@ -52,7 +52,7 @@ def job_data():
 
 def new_model(data) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(load_config(CONFIG).model, data.num_classes, data.in_channels)
+    return build_model(load_config(CONFIG).model, data.num_classes, data.in_channels).module
 
 
 def loaders(data, batch: int, shuffle_seed: int = 0):

@@ -21,25 +21,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_command(nproc: int, script: str | Path = "train.py") -> list[str]:
-    script = str(ROOT / script)
+def launch_command(nproc: int, script: str | Path = "train.py", module: str | None = None) -> list[str]:
+    """``script`` from the repository, or ``module`` as ``python -m`` runs it (``accelerate launch -m``)."""
+    target = ["-m", module] if module else [str(ROOT / script)]
     if nproc == 1:
-        return [sys.executable, script]
+        return [sys.executable, *target]
     return [
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
-        script,
+        *target,
     ]  # fmt: skip
 
 
 def run(
-    args: list[str], nproc: int = 1, script: str | Path = "train.py", timeout: float = 240, env: dict | None = None, check: bool = True
-) -> subprocess.CompletedProcess:
+    args: list[str], nproc: int = 1, script: str | Path = "train.py", timeout: float = 240, env: dict | None = None, check: bool = True,
+    module: str | None = None, cwd: Path = ROOT,
+) -> subprocess.CompletedProcess:  # fmt: skip
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", **(env or {})}
     full_env = {key: value for key, value in full_env.items() if value is not None}  # None removes a variable
-    proc = subprocess.run(launch_command(nproc, script) + args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    command = launch_command(nproc, script, module) + args
+    proc = subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}")
     return proc

@@ -117,4 +117,20 @@ def test_a_checkpoint_from_before_an_lr_finder_default_changed_still_resumes():
     older["lr_finder"]["policy"] = "near_minimum"  # the default before, and a key that did not exist yet
     del older["lr_finder"]["peak_momentum"]
     applied, refused = resume_changes(older, load_config(ROOT / "configs" / "digits.yaml"))
-    assert set(applied) == {"lr_finder.policy", "lr_finder.peak_momentum"} and not refused
+    assert set(applied) == {"lr_finder.policy"} and not refused  # a key it lacks, at its default, is no change
+
+
+def test_a_checkpoint_from_before_the_task_keys_resumes_unless_they_change():
+    from superconverge.config import resume_changes
+
+    older = load_config(ROOT / "configs" / "digits.yaml").model_dump(mode="json")
+    del older["loss"]
+    for section, key in [("model", "kwargs"), ("model", "head"), ("data", "kwargs"), ("optimizer", "decay_norm_and_bias"),
+                         ("optimizer", "backbone_lr_ratio")]:  # fmt: skip
+        del older[section][key]
+    older["trainer"]["early_stopping"]["metric"] = "val_acc"  # the default before "auto"
+    assert resume_changes(older, load_config(ROOT / "configs" / "digits.yaml")) == ({}, {})
+    changed = load_config(
+        ROOT / "configs" / "digits.yaml", ["optimizer.decay_norm_and_bias=false", "trainer.early_stopping.metric=val_loss"]
+    )
+    assert set(resume_changes(older, changed)[1]) == {"optimizer.decay_norm_and_bias", "trainer.early_stopping.metric"}

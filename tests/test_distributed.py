@@ -80,7 +80,7 @@ def test_gradient_clipping_is_applied(digits_args, tmp_path):
         run(args)
         cfg = load_config(args[1], args[2:])
         set_seed(cfg.seed)
-        start = build_model(cfg.model, 10, 1).state_dict()
+        start = build_model(cfg.model, 10, 1).module.state_dict()
         end = load_file(str(run_dir / "checkpoints" / "last" / "model.safetensors"))
         return max(float((end[k] - start[k]).abs().max()) for k in end if start[k].dtype == torch.float32 and "running" not in k)
 

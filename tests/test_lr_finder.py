@@ -53,6 +53,7 @@ def test_weights_come_back_bit_for_bit(two_rank_range_test, where):
         reports(two_rank_range_test / "two") if where == "two" else [json.loads((two_rank_range_test / "one" / "rank0.json").read_text())]
     ):
         assert report["weights_restored_exactly"] and report["optimizer_params_are_the_model"]
+        assert report["no_gradients_left"]  # the old test left its last gradients for training's first step
 
 
 def test_two_ranks_train_with_rank_zeros_max_lr(digits_args, tmp_path):
@@ -151,20 +152,20 @@ def _range_test(cfg, optimizer_lr: float = 1e-3):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
-    from superconverge.data import build_data
-    from superconverge.lr_finder import run_range_test
-    from superconverge.models import build_model
+    from superconverge.lr_finder import range_test_step, run_range_test
     from superconverge.schedule import build_optimizer
+    from superconverge.task import build_task
 
-    data = build_data(cfg.data)
-    model = build_model(cfg.model, data.num_classes, data.in_channels)
+    task = build_task(cfg)
+    model, data = task.model, task.data
     optimizer = build_optimizer(cfg.optimizer, model, lr=optimizer_lr)
     images, labels = next(iter(torch.utils.data.DataLoader(data.train, batch_size=32)))
     torch.nn.functional.cross_entropy(model(data.eval_transform(images)), labels).backward()
     optimizer.step()
     before = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
     try:
-        result = run_range_test(cfg, data, model, optimizer, Accelerator(cpu=True))
+        accelerator = Accelerator(cpu=True)
+        result = run_range_test(cfg, task, range_test_step(cfg, accelerator, task, model, optimizer), accelerator)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()

@@ -1,4 +1,5 @@
-"""Entry point: ``accelerate launch train.py --config configs/X.yaml key=value ...``.
+"""Entry point: ``accelerate launch -m superconverge [train|lr-find] --config X.yaml key=value ...``
+(``train.py`` and ``lr_find.py`` at the repository's root call the same functions).
 
 Everything that can be wrong with the user's input is checked on every rank before the
 process group forms, so a bad key fails every rank at once instead of leaving one in a barrier.
@@ -19,23 +20,31 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin
 
 from superconverge.checkpoint import REQUEUE_EXIT_CODE, check_fits, resolve_resume, validate_checkpoint
 from superconverge.config import MOOT_ON_RESUME, Config, ConfigError, describe_changes, load_config, resume_changes
 from superconverge.console import RunConsole
-from superconverge.data import build_data
 from superconverge.errors import UserError
 from superconverge.lr_finder import MaxLRChoice, RangeTestResult, find_max_lr
-from superconverge.models import build_model
+from superconverge.registry import importable_working_directory
 from superconverge.run_dir import RunDir
 from superconverge.signals import StopSignals
+from superconverge.task import Task, build_task
 from superconverge.tracking import Tracking, start_tracking, wants_wandb
-from superconverge.trainer import Trainer, prepare_model
+from superconverge.trainer import RunContext, Trainer, prepare_model
+
+
+def entry(argv: list[str] | None = None) -> int:
+    """``python -m superconverge`` and the ``superconverge`` script: ``train`` (the default) or ``lr-find``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lr-find"]:
+        return lr_find_main(argv[1:])
+    return main(argv[1:] if argv[:1] == ["train"] else argv)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="train.py", description="One-cycle training with Accelerate.")
+    parser = argparse.ArgumentParser(prog="superconverge [train|lr-find]", description="One-cycle training with Accelerate.")
     parser.add_argument("--config", type=Path, help="YAML experiment file (configs/*.yaml)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors (console.mode=quiet)")
     parser.add_argument("--verbose", action="store_true", help="report every 10 steps (console.log_every_steps=10)")
@@ -77,9 +86,10 @@ def make_accelerator(cfg: Config) -> Accelerator:
     )
 
 
-def prepare_inputs(argv: list[str] | None, forced: tuple[str, ...] = ()):
-    """Config, data and model, validated identically on every rank."""
+def prepare_inputs(argv: list[str] | None, forced: tuple[str, ...] = ()) -> tuple[Config, Task]:
+    """Config and task (data, model, loss), validated identically on every rank."""
     args = parse_args(argv)
+    importable_working_directory()  # the user's own modules, as `python -m` makes them importable
     cfg = load_config(args.config, [*args.overrides, *forced])
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -87,10 +97,7 @@ def prepare_inputs(argv: list[str] | None, forced: tuple[str, ...] = ()):
     check_output_dir(Path(cfg.output_dir))
     if cfg.trainer.resume not in ("auto", "none"):
         resolve_resume(cfg.trainer.resume, Path(cfg.output_dir))  # a named checkpoint that is not there: fail before any work
-    data = build_data(cfg.data)
-    set_seed(cfg.seed)
-    model = build_model(cfg.model, data.num_classes, data.in_channels)
-    return cfg, data, model
+    return cfg, build_task(cfg)
 
 
 def find_resume_point(cfg: Config, model: torch.nn.Module) -> tuple[Path | None, dict | None]:
@@ -160,27 +167,28 @@ def build_trainer(argv: list[str] | None, stop: StopSignals) -> Trainer:
 
     ``stop`` is already installed: a signal in any stage ends the run at the next stage boundary.
     """
-    cfg, data, model = prepare_inputs(argv)
+    cfg, task = prepare_inputs(argv)
     stop.orphan_grace_seconds = cfg.trainer.orphan_grace_seconds
     accelerator = make_accelerator(cfg)
     run_dir = RunDir.open(cfg, accelerator)
     stop_if_requested(stop, accelerator, run_dir, "data loading")
-    resume_from, resume_state = find_resume_point(cfg, model)
+    resume_from, resume_state = find_resume_point(cfg, task.model)
     run_dir.record_config(cfg)
     console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
     tracking = start_tracking(cfg, accelerator)
     stop_if_requested(stop, accelerator, run_dir, "W&B start")
-    console.banner(run_facts(cfg, accelerator, data, model, tracking))
-    model = prepare_model(cfg, accelerator, model)
-    choice = resumed_choice(resume_state) or find_max_lr(cfg, accelerator, data, model, console)
+    console.banner(run_facts(cfg, accelerator, task, tracking))
+    model = prepare_model(cfg, accelerator, task.model)
+    choice = resumed_choice(resume_state) or find_max_lr(cfg, accelerator, task, model, console)
     stop_if_requested(stop, accelerator, run_dir, "the LR range test")
     if choice.range_test is not None:
         tracking.log_range_test(choice.range_test, Path(cfg.output_dir) / "lr_finder.png")
     resume = (resume_from, resume_state) if resume_from is not None else None
-    return Trainer(cfg, accelerator, data, model, choice, resume, run_dir, console, tracking, stop)
+    return Trainer(RunContext(cfg, accelerator, run_dir, console, tracking, stop), task, model, choice, resume)
 
 
-def run_facts(cfg: Config, accelerator: Accelerator, data, model, tracking: Tracking) -> dict:
+def run_facts(cfg: Config, accelerator: Accelerator, task: Task, tracking: Tracking) -> dict:
+    data, model = task.data, task.model
     sizes = "/".join(str(len(split)) if split is not None else "-" for split in (data.train, data.val, data.test))
     return {
         "world_size": accelerator.num_processes,
@@ -191,6 +199,7 @@ def run_facts(cfg: Config, accelerator: Accelerator, data, model, tracking: Trac
         "global_batch": cfg.global_batch_size(accelerator.num_processes),
         "data": f"{cfg.data.name} train/val/test={sizes} workers={data.workers}",
         "model": f"{cfg.model.name} params={sum(p.numel() for p in model.parameters())}",
+        "loss": cfg.loss.name + ("" if task.classifies else f" (monitor {task.monitor})"),
         "max_lr": cfg.schedule.max_lr,
         "run_dir": cfg.output_dir,
         "wandb": tracking.describe().replace(" ", ":"),
@@ -236,12 +245,12 @@ def report_error(message: str) -> None:
 def lr_find_main(argv: list[str] | None = None) -> int:
     """Run only the range test for a config (same code path, distributed too) and print the suggestions."""
     try:
-        cfg, data, model = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
+        cfg, task = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
         accelerator = make_accelerator(cfg)
         run_dir = RunDir.open(cfg, accelerator)
         run_dir.record_config(cfg)
-        model = prepare_model(cfg, accelerator, model)
-        choice = find_max_lr(cfg, accelerator, data, model, RunConsole(cfg.console, accelerator.is_main_process))
+        model = prepare_model(cfg, accelerator, task.model)
+        choice = find_max_lr(cfg, accelerator, task, model, RunConsole(cfg.console, accelerator.is_main_process))
         if accelerator.is_main_process:
             print_suggestions(choice.range_test, run_dir.path)
         run_dir.close()

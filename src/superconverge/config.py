@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from superconverge import registry
 from superconverge.errors import UserError
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-DatasetName = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "digits", "fake"]
 
 
 class ConfigError(UserError):
@@ -32,7 +32,8 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    name: DatasetName = "fashion_mnist"
+    name: str = "fashion_mnist"  # a registered data set (registry.DATASETS) or "package.module:callable"
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to a user's data set factory
     root: Path = Path("data")
     mirror: str | None = None  # a server with the data sets' archives under their own names (no internet)
     batch_size: PositiveInt = 128
@@ -53,21 +54,31 @@ class DataConfig(Section):
     fake_train_size: PositiveInt = 2000
     fake_image_size: PositiveInt = 32
 
+    @field_validator("name")
+    @classmethod
+    def _known_data_set(cls, name: str) -> str:
+        return registry.check_name("data.name", name, registry.DATASETS)
+
 
 class ModelConfig(Section):
+    # A registered model (registry.MODELS), a torchvision classification model, "timm/<name>" or "package.module:callable";
+    # torchvision's names are checked when the model is built (validating a config imports no model zoo).
     name: str = "small_cnn"
-    pretrained: bool = False  # torchvision's weights, downloaded once per machine into the torch hub cache
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to the model factory after num_classes and in_channels
+    head: str | None = None  # the submodule that is the head of a user's model (optimizer.backbone_lr_ratio)
+    pretrained: bool = False  # torchvision's or timm's published weights, fetched once per machine
     weights_mirror: str | None = None  # a server with torchvision's weight files under their own names (no internet)
     weights_file: Path | None = None
 
+
+class LossConfig(Section):
+    name: str = "cross_entropy"  # or "package.module:callable" taking (outputs, targets), returning the batch's mean loss
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
     @field_validator("name")
     @classmethod
-    def _known_model(cls, name: str) -> str:
-        from superconverge.models import available_models
-
-        if name not in available_models():
-            raise ValueError(f"unknown model {name!r}; use 'small_cnn', 'resnet9' or any torchvision classification model")
-        return name
+    def _known_loss(cls, name: str) -> str:
+        return registry.check_name("loss.name", name, registry.LOSSES)
 
 
 class OptimizerConfig(Section):
@@ -76,7 +87,10 @@ class OptimizerConfig(Section):
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = False
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0  # for loss.name=cross_entropy
+    decay_norm_and_bias: bool = True  # weight decay on normalisation weights and biases too (fastai, nanoGPT, airbench: off)
+    # Every parameter outside the model's head at this fraction of the head's LR (fastai's discriminative rates).
+    backbone_lr_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
 
 
 class ScheduleConfig(Section):
@@ -115,7 +129,7 @@ class LRFinderConfig(Section):
 
 class EarlyStoppingConfig(Section):
     patience: PositiveInt | None = None
-    metric: Literal["val_acc", "val_loss"] = "val_acc"
+    metric: Literal["auto", "val_acc", "val_loss"] = "auto"  # auto: val_acc where the task has accuracy, else val_loss
     min_delta: NonNegativeFloat = 0.0
 
 
@@ -177,6 +191,7 @@ class Config(Section):
     output_dir: Path = Path("runs/default")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     lr_finder: LRFinderConfig = LRFinderConfig()
@@ -290,9 +305,19 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+# A default renamed in an upgrade, (old, new), that means the same thing: not a change on resume.
+UPGRADED_DEFAULTS = {"trainer.early_stopping.metric": ("val_acc", "auto")}
+
+
 def resume_changes(saved: dict, config: Config) -> tuple[dict, dict]:
-    """Keys whose value differs from the checkpoint's config: (applied, refused), each key -> (old, new)."""
+    """Keys whose value differs from the checkpoint's config: (applied, refused), each key -> (old, new).
+
+    A key the checkpoint's config lacks (added by an upgrade) at its default is no change.
+    """
     old, new = _flatten(saved), _flatten(config.model_dump(mode="json"))
+    defaults = _flatten(Config().model_dump(mode="json"))
+    old = {**{key: value for key, value in defaults.items() if key not in old}, **old}
+    old.update({key: new[key] for key, pair in UPGRADED_DEFAULTS.items() if (old.get(key), new.get(key)) == pair})
     changed = {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
     applied = {key: change for key, change in changed.items() if key.startswith(RESUMABLE_KEYS)}
     return applied, {key: change for key, change in changed.items() if key not in applied}

@@ -14,8 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from superconverge.config import ConsoleConfig
+from superconverge.records import EpochRecord, RunSummary
 
 EPOCH_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "best")
+LOSS_ONLY = ("train_acc", "val_acc")  # columns a task without accuracy leaves out
 
 
 def _fmt(value) -> str:
@@ -114,30 +116,33 @@ class RunConsole:
     def _stats_text(stats: dict) -> str:
         return " ".join(f"{k} {_fmt(v)}" for k, v in stats.items())
 
-    def end_epoch(self, record: dict) -> None:
+    def end_epoch(self, record: EpochRecord) -> None:
         if not self.enabled:
             return
         if self.live:
-            self.progress.update(self.epoch_task, completed=record["epoch"])
+            self.progress.update(self.epoch_task, completed=record.epoch)
         table = Table(show_header=not self.table_header_done, box=None, pad_edge=False)
-        for column in EPOCH_COLUMNS:
+        columns = [c for c in EPOCH_COLUMNS if record.train_acc is not None or c not in LOSS_ONLY]
+        for column in columns:
             table.add_column(column, justify="right", min_width=10)
-        table.add_row(*(_fmt(record.get(column)) for column in EPOCH_COLUMNS))
+        table.add_row(*(_fmt(getattr(record, column)) for column in columns))
         self.table_header_done = True
         self.print(table)
 
-    def finish(self, summary: dict, tracking: str) -> None:
+    def finish(self, summary: RunSummary, tracking: str) -> None:
         if not self.enabled:
             return
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        scores = {"best val loss": summary.best_val_loss, "test loss": summary.test_loss}
+        if summary.monitor == "val_acc":
+            scores = {"best val acc": summary.best_val_acc, "test acc": summary.test_acc}
         facts = {
-            "best val acc": _fmt(summary["best_val_acc"]),
-            "test acc": _fmt(summary["test_acc"]),
-            "max_lr": f"{summary['max_lr']:.4g} ({summary['lr_policy']})",
-            "run directory": summary["run_dir"],
+            **{name: _fmt(value) for name, value in scores.items()},
+            "max_lr": f"{summary.max_lr:.4g} ({summary.lr_policy})",
+            "run directory": summary.run_dir,
             "W&B": tracking,
         }
-        title = "finished" if summary["completed"] else "stopped (resume with the same command)"
-        self._facts(title, "finished" if summary["completed"] else "stopped", facts)
+        title = "finished" if summary.completed else "stopped (resume with the same command)"
+        self._facts(title, "finished" if summary.completed else "stopped", facts)

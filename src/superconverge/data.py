@@ -1,7 +1,10 @@
 """Datasets by name, offline-first, with train-only augmentation and a seeded validation split.
 
 Small datasets (digits, MNIST, Fashion-MNIST, CIFAR, FakeData) are decoded once into a uint8 tensor
-and augmented a whole batch at a time; folders of images go through PIL, image by image.
+and augmented a whole batch at a time; folders of images go through PIL, image by image. The
+built-ins are registered in ``registry.DATASETS`` and read the typed ``data.*`` keys; a user's
+factory gets ``data.root`` and ``data.kwargs`` and brings its own transforms. Both end as the same
+``DataBundle``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 import pickle
 import sys
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from torchvision import datasets
 from torchvision.datasets.utils import download_and_extract_archive, extract_archive
 from torchvision.transforms import v2
 
+from superconverge import registry
 from superconverge.config import DataConfig
 from superconverge.downloads import one_at_a_time
 from superconverge.errors import UserError
@@ -30,7 +35,7 @@ FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = datasets.folder.IMG_EXTENSIONS
 PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises for a bad file
-FLIP_SAFE = {"fashion_mnist", "cifar10", "cifar100", "imagefolder", "fake"}
+USER_KEYS = ("train", "val", "test", "num_classes", "in_channels")  # what a user's data set factory may return
 
 
 class DataError(UserError):
@@ -42,9 +47,9 @@ class DataBundle:
     train: Dataset
     val: Dataset | None
     test: Dataset | None
-    num_classes: int
+    num_classes: int  # the model's output width
     in_channels: int
-    image_size: int
+    image_size: int | None  # None for a user's data set (its inputs are its own)
     # Set for in-memory data sets, whose loaders yield uint8 batches: the trainer applies these.
     train_transform: BatchTransform | None = None
     eval_transform: BatchTransform | None = None
@@ -182,15 +187,14 @@ def _install_fashion_mnist_from_system(raw_dir: Path) -> bool:
     return True
 
 
-def _load_mnist_like(cfg: DataConfig, train: bool) -> RawImages:
-    cls = datasets.FashionMNIST if cfg.name == "fashion_mnist" else datasets.MNIST
+def _load_mnist_like(cls: type, cfg: DataConfig, train: bool) -> RawImages:
     root = Path(cfg.root)
     raw_dir = root / cls.__name__ / "raw"
     try:
         ds = cls(str(root), train=train, download=False)
     except RuntimeError:
         with one_at_a_time(root):
-            installed = cfg.name == "fashion_mnist" and _install_fashion_mnist_from_system(raw_dir)
+            installed = cls is datasets.FashionMNIST and _install_fashion_mnist_from_system(raw_dir)
             ds = _construct_or_download(cls, root, train, installed, cfg.name, raw_dir)
     return RawImages(ds.data.unsqueeze(1).contiguous(), ds.targets.long())
 
@@ -237,8 +241,7 @@ def _read_cifar_batches(folder: Path, files: list[list[str]]) -> tuple[np.ndarra
     return np.vstack(arrays).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
-def _load_cifar(cfg: DataConfig, train: bool) -> RawImages:
-    cls = datasets.CIFAR10 if cfg.name == "cifar10" else datasets.CIFAR100
+def _load_cifar(cls: type, cfg: DataConfig, train: bool) -> RawImages:
     root = Path(cfg.root)
     url = cls.url if cfg.mirror is None else f"{cfg.mirror.rstrip('/')}/{cls.filename}"
     with one_at_a_time(root):
@@ -264,7 +267,7 @@ def _load_cifar(cfg: DataConfig, train: bool) -> RawImages:
     return RawImages(images, torch.tensor(labels, dtype=torch.long))
 
 
-def _load_digits(train: bool) -> RawImages:
+def _load_digits(cfg: DataConfig, train: bool) -> RawImages:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -288,16 +291,6 @@ def _load_fake(cfg: DataConfig, train: bool) -> RawImages:
     images = torch.randint(0, 256, (count, 3, size, size), generator=generator, dtype=torch.uint8)
     labels = torch.randperm(count, generator=generator) % 10  # every class present from 10 images up
     return RawImages(images, labels)
-
-
-def _load_raw(cfg: DataConfig, train: bool) -> RawImages:
-    if cfg.name == "fake":
-        return _load_fake(cfg, train)
-    if cfg.name in ("mnist", "fashion_mnist"):
-        return _load_mnist_like(cfg, train)
-    if cfg.name in ("cifar10", "cifar100"):
-        return _load_cifar(cfg, train)
-    return _load_digits(train)
 
 
 def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -332,14 +325,14 @@ def _stats(cfg: DataConfig, images: torch.Tensor | None, channels: int):
     return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
 
 
-def _tensor_bundle(cfg: DataConfig, seed: int) -> DataBundle:
-    train_raw, test_raw = _load_raw(cfg, train=True), _load_raw(cfg, train=False)
+def _tensor_bundle(cfg: DataConfig, load: Callable[[DataConfig, bool], RawImages], flip: bool) -> DataBundle:
+    train_raw, test_raw = load(cfg, True), load(cfg, False)
     if cfg.limit_train:
         train_raw = RawImages(train_raw.images[: cfg.limit_train], train_raw.labels[: cfg.limit_train])
     channels, size = train_raw.images.shape[1], cfg.image_size or train_raw.images.shape[-1]
     mean, std = _stats(cfg, train_raw.images, channels)
-    augment = dict(crop_padding=_crop_padding(cfg, size), flip=cfg.name in FLIP_SAFE) if cfg.augment else {}
-    train_idx, val_idx = _split_indices(len(train_raw.labels), cfg.val_fraction, seed)
+    augment = dict(crop_padding=_crop_padding(cfg, size), flip=flip) if cfg.augment else {}
+    train_idx, val_idx = _split_indices(len(train_raw.labels), cfg.val_fraction, cfg.split_seed)
     num_classes = int(max(train_raw.labels.max(), test_raw.labels.max())) + 1
     return DataBundle(
         train=TensorImageDataset(train_raw, torch.tensor(train_idx)),
@@ -386,7 +379,8 @@ def _image_folder(path: Path, bad_images: str) -> datasets.ImageFolder:
     return folder
 
 
-def _pil_bundle(cfg: DataConfig, seed: int) -> DataBundle:
+def imagefolder(cfg: DataConfig) -> DataBundle:
+    """A folder of class sub-folders (optionally train/ val/ test/), decoded by PIL image by image."""
     root = Path(cfg.root)
     has_splits = (root / "train").is_dir()
     full = _image_folder(root / "train" if has_splits else root, cfg.bad_images)
@@ -395,7 +389,7 @@ def _pil_bundle(cfg: DataConfig, seed: int) -> DataBundle:
     test = _image_folder(root / "test", cfg.bad_images) if has_splits and (root / "test").is_dir() else None
     size = cfg.image_size or 224
     n_train = min(len(full), cfg.limit_train or len(full))
-    train_idx, val_idx = _split_indices(n_train, 0.0 if val_dir_set else cfg.val_fraction, seed)
+    train_idx, val_idx = _split_indices(n_train, 0.0 if val_dir_set else cfg.val_fraction, cfg.split_seed)
     channels = 3
     mean, std = _stats(cfg, None, channels)
     sized = cfg.model_copy(update={"image_size": size})
@@ -409,13 +403,82 @@ def _pil_bundle(cfg: DataConfig, seed: int) -> DataBundle:
     return DataBundle(subset(full, train_idx, train_tf), val, test_ds, len(full.classes), channels, size)
 
 
+# The built-ins registered in registry.DATASETS: one function each, so a name cannot reach another's loader.
+def fashion_mnist(cfg: DataConfig) -> DataBundle:
+    return _tensor_bundle(cfg, functools.partial(_load_mnist_like, datasets.FashionMNIST), flip=True)
+
+
+def mnist(cfg: DataConfig) -> DataBundle:
+    return _tensor_bundle(cfg, functools.partial(_load_mnist_like, datasets.MNIST), flip=False)
+
+
+def cifar10(cfg: DataConfig) -> DataBundle:
+    return _tensor_bundle(cfg, functools.partial(_load_cifar, datasets.CIFAR10), flip=True)
+
+
+def cifar100(cfg: DataConfig) -> DataBundle:
+    return _tensor_bundle(cfg, functools.partial(_load_cifar, datasets.CIFAR100), flip=True)
+
+
+def digits(cfg: DataConfig) -> DataBundle:
+    return _tensor_bundle(cfg, _load_digits, flip=False)
+
+
+def fake(cfg: DataConfig) -> DataBundle:
+    return _tensor_bundle(cfg, _load_fake, flip=True)
+
+
 def build_data(cfg: DataConfig) -> DataBundle:
     """Resolve the configured data set offline-first; raise DataError with a fix if it is missing."""
-    bundle = _pil_bundle(cfg, cfg.split_seed) if cfg.name == "imagefolder" else _tensor_bundle(cfg, cfg.split_seed)
+    if cfg.name in registry.DATASETS:
+        if cfg.kwargs:
+            raise DataError(f"data.kwargs: the built-in data set '{cfg.name}' takes its options from data.* keys, not data.kwargs")
+        bundle = registry.resolve("data.name", cfg.name, registry.DATASETS)(cfg)
+    else:
+        factory = registry.resolve("data.name", cfg.name, registry.DATASETS)
+        bundle = user_bundle(cfg, registry.call_factory("data.name", cfg.name, factory, {"root": cfg.root, **cfg.kwargs}))
     if len(bundle.train) == 0:
-        raise DataError(f"data set '{cfg.name}' has no training images after the validation split")
+        raise DataError(f"data set '{cfg.name}' has no training samples after the validation split")
     bundle.workers = loader_workers(cfg.num_workers, bundle.in_memory)
     return bundle
+
+
+def user_bundle(cfg: DataConfig, found: object) -> DataBundle:
+    """A user's data set mapping, checked, as a DataBundle: val carved from train when it has none."""
+    expected = "a mapping with 'train' (a Dataset of (input, target) pairs), 'num_classes', optional 'val', 'test', 'in_channels'"
+    if not isinstance(found, Mapping) or "train" not in found or "num_classes" not in found:
+        raise DataError(f"data.name: {cfg.name} returned {_describe(found)}, expected {expected}")
+    unknown = sorted(set(found) - set(USER_KEYS))
+    if unknown:
+        raise DataError(f"data.name: {cfg.name} returned unknown key(s) {unknown}; expected {expected}")
+    splits = {name: found.get(name) for name in ("train", "val", "test")}
+    for name, split in splits.items():
+        if split is not None and not (hasattr(split, "__getitem__") and hasattr(split, "__len__")):
+            raise DataError(f"data.name: {cfg.name} returned {_describe(split)} as '{name}', expected a torch Dataset")
+    num_classes = found["num_classes"]
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise DataError(f"data.name: {cfg.name} returned num_classes={num_classes!r}, expected a positive int (the model's output width)")
+    train = splits["train"]
+    if len(train) == 0:
+        raise DataError(f"data.name: {cfg.name} returned an empty 'train' split")
+    first = train[0]
+    if not isinstance(first, tuple | list) or len(first) != 2:
+        raise DataError(f"data.name: {cfg.name}'s train[0] is {_describe(first)}, expected an (input, target) pair")
+    if cfg.limit_train:
+        train = Subset(train, range(min(cfg.limit_train, len(train))))
+    val = splits["val"]
+    if val is None and cfg.val_fraction:
+        train_idx, val_idx = _split_indices(len(train), cfg.val_fraction, cfg.split_seed)
+        train, val = Subset(train, train_idx), Subset(train, val_idx)
+    in_channels = found.get("in_channels")
+    if in_channels is None:
+        shape = torch.as_tensor(first[0]).shape
+        in_channels = int(shape[0]) if len(shape) else 1
+    return DataBundle(train, val, splits["test"], num_classes, int(in_channels), image_size=None)
+
+
+def _describe(value: object) -> str:
+    return f"a {type(value).__name__}" + (f" with keys {sorted(map(str, value))}" if isinstance(value, Mapping) else "")
 
 
 def loader_workers(num_workers: int | str, in_memory: bool) -> int:

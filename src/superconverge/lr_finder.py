@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.utils import broadcast_object_list, gather_object, send_to_device
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
@@ -29,9 +30,10 @@ from torch_lr_finder import LRFinder, TrainDataLoaderIter
 from superconverge import jsonfile, lr_rules
 from superconverge.config import Config, LRFinderConfig, OptimizerConfig
 from superconverge.console import RunConsole
-from superconverge.data import BatchTransform, DataBundle
 from superconverge.lr_rules import RangeTestError
-from superconverge.schedule import build_optimizer
+from superconverge.schedule import build_optimizer, follow_head_lr
+from superconverge.step import TrainStep
+from superconverge.task import Task
 
 
 @dataclass
@@ -96,60 +98,50 @@ class GlobalBatchSampler(Sampler[list[int]]):
             index, epoch = index + per_pass, epoch + 1
 
 
-class _TrainingBatches(TrainDataLoaderIter):
-    """Feeds the finder what training sees: the training augmentation, on the training device."""
+class _GlobalBatches(TrainDataLoaderIter):
+    """This rank's micro-batches on the training device, each with its global micro-batch number."""
 
-    def __init__(self, loader: DataLoader, transform: BatchTransform | None, accelerator: Accelerator, seed: int, channels_last: bool,
-                 progress: Callable[[int], None] | None = None):  # fmt: skip
+    def __init__(self, loader: DataLoader, accelerator: Accelerator, progress: Callable[[int], None] | None = None) -> None:
         super().__init__(loader)
-        self.transform, self.device, self.channels_last, self.progress = transform, accelerator.device, channels_last, progress
-        self.rank, self.world_size, self.seed = accelerator.process_index, accelerator.num_processes, seed
-        self.generator = torch.Generator(self.device)
+        self.device, self.progress = accelerator.device, progress
+        self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
         self.batches_seen = 0
 
     def inputs_labels_from_batch(self, batch):
-        images, labels = batch
-        images = images.to(self.device)
-        if self.transform is not None:
-            # Seeded by the global micro-batch number, so augmentation does not depend on the process count.
-            self.generator.manual_seed(hash((self.seed, self.batches_seen * self.world_size + self.rank)) & 0x7FFF_FFFF_FFFF_FFFF)
-            images = self.transform(images, self.generator)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        inputs, targets = send_to_device(batch, self.device)
+        # Keyed by the global micro-batch number, so augmentation does not depend on the process count.
+        key = (self.batches_seen * self.world_size + self.rank,)
         self.batches_seen += 1
         if self.progress is not None:
             self.progress(self.batches_seen)
-        return images, labels.to(self.device)
+        return (inputs, key), targets
 
 
 class _GlobalBatchFinder(LRFinder):
-    """torch-lr-finder whose loss is the global batch's: averaged across ranks after each iteration.
+    """torch-lr-finder whose iteration is the training loop's own step over one global batch.
 
-    Its history keeps only an exponentially smoothed loss; the raw one is kept here for lr_rules.
-    With accumulation, DDP all-reduces on every micro-batch (no ``no_sync``): correct, and the
-    accumulation case is rare enough not to justify re-writing torch-lr-finder's training step.
+    torch-lr-finder has no public hook for its training step, so ``_train_batch`` is overridden
+    (the one private override): each micro-batch runs ``TrainStep`` (augmentation, layout, autocast
+    and Accelerate's scaler, the task's loss, ``accumulate``, clipping), every group follows the
+    head's LR at its ratio, and the loss is averaged across ranks so all ranks stop together. Its
+    LR schedules, state cache and restore, and divergence stop are used as they are; its history
+    keeps only a smoothed loss, so the raw one is kept here for lr_rules.
     """
 
-    def __init__(self, *args, accelerator: Accelerator, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.accelerator, self.raw_losses = accelerator, []
+    def __init__(self, model: nn.Module, step: TrainStep, accelerator: Accelerator) -> None:
+        super().__init__(model, step.optimizer, criterion=None, device=accelerator.device)
+        self.step, self.accelerator, self.raw_losses = step, accelerator, []
 
-    def _train_batch(self, *args, **kwargs) -> float:
-        local = super()._train_batch(*args, **kwargs)
-        loss = self.accelerator.reduce(torch.tensor([local], device=self.accelerator.device), reduction="mean").item()
+    def _train_batch(self, train_iter, accumulation_steps, non_blocking_transfer=True) -> float:
+        self.model.train()
+        follow_head_lr(self.optimizer)
+        local = torch.zeros((), device=self.accelerator.device)
+        for _ in range(accumulation_steps):
+            (inputs, key), targets = next(train_iter)
+            local += self.step(inputs, targets, key).loss
+        loss = self.accelerator.reduce(local / accumulation_steps, reduction="mean").item()
         self.raw_losses.append(loss)
         return loss
-
-
-def _amp_settings(mixed_precision: str, device: torch.device) -> dict:
-    if mixed_precision not in ("fp16", "bf16"):
-        return {}
-    dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
-    return {
-        "amp_backend": "torch",
-        "amp_config": {"device_type": device.type, "dtype": dtype},
-        "grad_scaler": torch.amp.GradScaler(device.type, enabled=mixed_precision == "fp16"),
-    }
 
 
 # A sweep whose budget cannot visit every step of its grid (num_iter < sweep_iter) first scouts:
@@ -201,7 +193,7 @@ class Sweep:
 class _Sweeper:
     """Sweeps through torch-lr-finder's range_test, each from the weights and optimizer state it started with."""
 
-    def __init__(self, finder: _GlobalBatchFinder, batches: _TrainingBatches, cfg: Config) -> None:
+    def __init__(self, finder: _GlobalBatchFinder, batches: _GlobalBatches, cfg: Config) -> None:
         self.finder, self.batches, self.cfg = finder, batches, cfg
         # torch-lr-finder's reset() loads its cached optimizer state without copying, so after one reset
         # the live state aliases the cache and the next sweep would corrupt it: reload a private copy.
@@ -251,7 +243,7 @@ class _Sweeper:
         return Sweep(below + fine, len(scouted) + len(fine), len(fine) < iterations)
 
 
-def run_range_test(cfg: Config, data: DataBundle, model: nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator,
+def run_range_test(cfg: Config, task: Task, step: TrainStep, accelerator: Accelerator,
                    progress: Callable[[int], None] | None = None) -> RangeTestResult:  # fmt: skip
     """torch-lr-finder over global batches on every rank; model and optimizer are restored after.
 
@@ -262,14 +254,11 @@ def run_range_test(cfg: Config, data: DataBundle, model: nn.Module, optimizer: t
     in LR (resolution and averaging), and fewer than ``sweep_iter`` run one sweep that scouts through
     the LRs that train nothing first (``LEAD_STEPS``).
     """
-    finder_cfg, world = cfg.lr_finder, accelerator.num_processes
+    finder_cfg, world, data = cfg.lr_finder, accelerator.num_processes, task.data
     sampler = GlobalBatchSampler(len(data.train), cfg.data.batch_size, accelerator.process_index, world, cfg.seed)
     loader = DataLoader(data.train, batch_sampler=sampler, num_workers=data.workers)
-    batches = _TrainingBatches(loader, data.train_transform, accelerator, cfg.seed, cfg.trainer.channels_last, progress)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optimizer.label_smoothing)
-    finder = _GlobalBatchFinder(model, optimizer, criterion, device=accelerator.device, accelerator=accelerator,
-                                **_amp_settings(accelerator.mixed_precision, accelerator.device))  # fmt: skip
-    sweeper = _Sweeper(finder, batches, cfg)
+    batches = _GlobalBatches(loader, accelerator, progress)
+    sweeper = _Sweeper(_GlobalBatchFinder(step.model, step, accelerator), batches, cfg)
     points: list[tuple[float, float]] = []
     sweeps, spent, stopped = 0, 0, False
     started = time.perf_counter()
@@ -298,12 +287,15 @@ def _finite_prefix(points: list[tuple[float, float]]) -> list[tuple[float, float
     return kept
 
 
-def choose(result: RangeTestResult, cfg: Config, num_classes: int) -> RangeTestResult:
-    """Apply the configured policy, or the configured fallback if the curve is unusable."""
+def choose(result: RangeTestResult, cfg: Config, chance_loss: float | None) -> RangeTestResult:
+    """Apply the configured policy, or the configured fallback if the curve is unusable.
+
+    ``chance_loss``: the loss of a model that knows nothing (ln of the class count under cross-entropy), else None.
+    """
     finder_cfg = cfg.lr_finder
     try:
         skip_start, skip_end = finder_cfg.skip_start * result.sweeps, finder_cfg.skip_end * result.sweeps  # skips are per sweep
-        curve = lr_rules.analyze(result.lrs, result.raw_losses, skip_start, skip_end, math.log(num_classes))
+        curve = lr_rules.analyze(result.lrs, result.raw_losses, skip_start, skip_end, chance_loss)
         result.suggestions = lr_rules.suggestions(curve)
         result.lr_at_minimum, result.tail_lr = curve.lr_at_minimum, curve.tail_lr
         result.max_lr = result.suggestions[finder_cfg.policy]
@@ -366,25 +358,36 @@ def range_test_optimizer(cfg: Config) -> OptimizerConfig:
     return cfg.optimizer.model_copy(update={"momentum": momentum, "betas": (momentum, cfg.optimizer.betas[1])})
 
 
-def find_max_lr(cfg: Config, accelerator: Accelerator, data: DataBundle, model: nn.Module, console: RunConsole) -> MaxLRChoice:
+def range_test_step(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainStep:
+    """The training step over the range test's optimizer, wrapped as Accelerate wraps the trainer's (scaler,
+    accumulation) but not prepared: it must not enter the checkpoint."""
+    wrapped = AcceleratedOptimizer(optimizer, device_placement=False, scaler=accelerator.scaler)
+    return TrainStep(cfg.trainer, accelerator, task, model, wrapped, cfg.seed)
+
+
+def find_max_lr(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, console: RunConsole) -> MaxLRChoice:
     """Run the range test on every rank; rank 0 picks max_lr and every rank gets its result (or error)."""
     if cfg.schedule.max_lr != "auto":
         return MaxLRChoice(float(cfg.schedule.max_lr), "fixed")
-    optimizer = build_optimizer(range_test_optimizer(cfg), model, lr=cfg.lr_finder.start_lr)  # the trainer builds its own
+    optimizer = build_optimizer(range_test_optimizer(cfg), model, cfg.lr_finder.start_lr, task.head)  # the trainer builds its own
+    step = range_test_step(cfg, accelerator, task, model, optimizer)
+    scaler_state = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
     console.start_phase("LR test", cfg.lr_finder.num_iter * cfg.trainer.grad_accum_steps)  # at most: sweeps stop on divergence
-    result = run_range_test(cfg, data, model, optimizer, accelerator, console.advance)
+    result = run_range_test(cfg, task, step, accelerator, console.advance)
+    if scaler_state is not None:
+        accelerator.scaler.load_state_dict(scaler_state)  # training starts from the scale it would have had without the test
     payload: RangeTestResult | str | None = None
     if accelerator.is_main_process:
-        payload = _decide(result, cfg, data.num_classes, console)
+        payload = _decide(result, cfg, math.log(task.data.num_classes) if task.classifies else None, console)
     payload = broadcast_object_list([payload], from_process=0)[0]
     if isinstance(payload, str):
         raise RangeTestError(payload)
     return MaxLRChoice(payload.max_lr, payload.chosen, payload.seconds, range_test=payload, suggestions=payload.suggestions)
 
 
-def _decide(result: RangeTestResult, cfg: Config, num_classes: int, console: RunConsole) -> RangeTestResult | str:
+def _decide(result: RangeTestResult, cfg: Config, chance_loss: float | None, console: RunConsole) -> RangeTestResult | str:
     try:
-        result = choose(result, cfg, num_classes)
+        result = choose(result, cfg, chance_loss)
     except RangeTestError as exc:
         result.error = str(exc)
         write_artifacts(result, Path(cfg.output_dir))  # the curve shows what went wrong

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -11,32 +12,36 @@ from accelerate import Accelerator
 class SplitTotals:
     """Loss sum, correct predictions and sample count, kept on the device (no host sync per batch).
 
-    Only the loader's last batch can hold padding duplicates (Accelerate's ``even_batches``), so
-    that batch alone goes through ``gather_for_metrics``; the rest is summed locally and reduced once.
+    Only the loader's last batch can hold padding duplicates (Accelerate's ``even_batches``), so that
+    batch's outputs and targets alone go through ``gather_for_metrics`` and its loss is recomputed on
+    the real samples; the rest is summed locally and reduced once. Exact for any mean-reduced loss.
     """
 
-    def __init__(self, device: torch.device, already_global: list[float] | None = None, remainder: int | None = None) -> None:
+    def __init__(self, device: torch.device, loss: Callable, classifies: bool, already_global: list[float] | None = None,
+                 remainder: int | None = None) -> None:  # fmt: skip
+        self.loss, self.classifies = loss, classifies
         self.local = torch.zeros(3, dtype=torch.float64, device=device)
         self.shared = torch.tensor(already_global or [0.0, 0.0, 0.0], dtype=torch.float64, device=device)
         # Accelerate's loader from skip_first_batches (mid-epoch resume) does not know its remainder,
         # so gather_for_metrics would keep the padding; the training split passes it explicitly.
         self.remainder = remainder
 
-    def add(self, accelerator: Accelerator, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        per_sample = torch.stack([losses.detach().double(), (logits.detach().argmax(1) == labels).double()], 1)
+    def add(self, accelerator: Accelerator, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        target = self.local
         if accelerator.gradient_state.end_of_dataloader:
-            per_sample = self._gather_last_batch(accelerator, per_sample)
-            target = self.shared
-        else:
-            target = self.local
-        target[:2] += per_sample.sum(0)
-        target[2] += per_sample.shape[0]
+            outputs, targets = self._gather_last_batch(accelerator, outputs, targets)
+            loss, target = self.loss(outputs, targets).detach(), self.shared
+        count = targets.shape[0]
+        target[0] += loss.double() * count
+        if self.classifies:
+            target[1] += (outputs.argmax(1) == targets).sum()
+        target[2] += count
 
-    def _gather_last_batch(self, accelerator: Accelerator, per_sample: torch.Tensor) -> torch.Tensor:
+    def _gather_last_batch(self, accelerator: Accelerator, outputs: torch.Tensor, targets: torch.Tensor):
         if self.remainder is None:
-            return accelerator.gather_for_metrics(per_sample)
-        gathered = accelerator.gather(per_sample)
-        return gathered[: self.remainder] if self.remainder else gathered
+            return accelerator.gather_for_metrics((outputs, targets))
+        outputs, targets = accelerator.gather((outputs, targets))
+        return (outputs[: self.remainder], targets[: self.remainder]) if self.remainder else (outputs, targets)
 
     def fold(self, accelerator: Accelerator) -> list[float]:
         """Reduce the local part into the shared part (a collective); return the global totals."""
@@ -44,10 +49,17 @@ class SplitTotals:
         self.local.zero_()
         return self.shared.tolist()
 
+    def running_loss(self) -> float:
+        loss_sum, _, count = (self.local + self.shared).tolist()
+        return loss_sum / max(count, 1)
+
     @staticmethod
-    def summarize(totals: list[float]) -> tuple[float, float]:
+    def summarize(totals: list[float], classifies: bool) -> tuple[float, float | None]:
+        """Mean loss and accuracy (None where the task has no accuracy)."""
         loss_sum, correct, count = totals
-        return (loss_sum / count, correct / count) if count else (float("nan"), float("nan"))
+        if not count:
+            return float("nan"), float("nan") if classifies else None
+        return loss_sum / count, correct / count if classifies else None
 
 
 @dataclass

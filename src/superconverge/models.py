@@ -1,7 +1,9 @@
-"""Models by name: two built-ins for small images, or any torchvision classification model."""
+"""Models by name: the registered built-ins, a user's factory, torchvision's classification models and timm's."""
 
 from __future__ import annotations
 
+import difflib
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
@@ -10,11 +12,10 @@ import torch
 import torchvision
 from torch import nn
 
+from superconverge import registry
 from superconverge.config import ModelConfig
 from superconverge.downloads import one_at_a_time
 from superconverge.errors import UserError
-
-BUILTIN = ("small_cnn", "resnet9")
 
 
 class ModelError(UserError):
@@ -22,8 +23,8 @@ class ModelError(UserError):
 
 
 @cache
-def available_models() -> frozenset[str]:
-    return frozenset(BUILTIN) | frozenset(torchvision.models.list_models(module=torchvision.models))
+def torchvision_models() -> frozenset[str]:
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
 
 
 def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
@@ -48,7 +49,7 @@ class Scale(nn.Module):
         return x * self.factor
 
 
-def resnet9(in_channels: int, num_classes: int) -> nn.Sequential:
+def resnet9(num_classes: int, in_channels: int) -> nn.Sequential:
     """The DAWNBench CIFAR-10 ResNet-9 (Myrtle.ai, David Page)."""
     return nn.Sequential(
         conv_bn(in_channels, 64),
@@ -67,7 +68,7 @@ def resnet9(in_channels: int, num_classes: int) -> nn.Sequential:
     )
 
 
-def small_cnn(in_channels: int, num_classes: int) -> nn.Sequential:
+def small_cnn(num_classes: int, in_channels: int) -> nn.Sequential:
     """Three conv-BN-ReLU stages of 16/32/64 channels (29k parameters) for 28x28 images on a CPU.
 
     Widths are powers of two on purpose: oneDNN runs 16/32/64 channels about three times faster
@@ -122,11 +123,11 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_compatible(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load weights; a classifier head of another size is left freshly initialised."""
-    head_name, _ = _head(model)
+def load_compatible(model: nn.Module, state: dict[str, torch.Tensor], source: str, head_name: str | None = "") -> None:
+    """Load weights; a classifier head of another size is left freshly initialised (``head_name`` None: no head to skip)."""
+    head_name = _head(model)[0] if head_name == "" else head_name
     own = model.state_dict()
-    skipped = {k for k, v in state.items() if k in own and own[k].shape != v.shape and k.startswith(head_name + ".")}
+    skipped = {k for k, v in state.items() if head_name and k in own and own[k].shape != v.shape and k.startswith(head_name + ".")}
     state = {k: v for k, v in state.items() if k not in skipped}
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in skipped]
@@ -154,18 +155,89 @@ def _torchvision_pretrained(name: str, mirror: str | None) -> dict[str, torch.Te
             ) from None
 
 
-def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
-    if cfg.name in BUILTIN:
-        model = {"small_cnn": small_cnn, "resnet9": resnet9}[cfg.name](in_channels, num_classes)
-        if cfg.pretrained:
-            raise ModelError(f"model.pretrained: built-in model '{cfg.name}' has no published weights; use model.weights_file")
+@dataclass
+class BuiltModel:
+    module: nn.Module
+    head: nn.Module | None  # what optimizer.backbone_lr_ratio leaves at the full LR
+
+
+def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> BuiltModel:
+    """``model.name`` through one dispatch: a registered name or import path (the same call for both),
+    ``timm/<name>``, or a torchvision classification model; anything else is an error naming the key."""
+    if cfg.name in registry.MODELS or registry.is_import_path(cfg.name):
+        built = _from_factory(cfg, num_classes, in_channels)
+    elif cfg.name.startswith(registry.TIMM_PREFIX):
+        built = _timm_model(cfg, cfg.name.removeprefix(registry.TIMM_PREFIX), num_classes, in_channels)
+    elif cfg.name in torchvision_models():
+        built = _torchvision_model(cfg, num_classes, in_channels)
     else:
-        model = torchvision.models.get_model(cfg.name, weights=None)
-        if cfg.pretrained:
-            load_compatible(model, _torchvision_pretrained(cfg.name, cfg.weights_mirror), f"torchvision's {cfg.name} weights")
-        _replace_head(model, num_classes)
+        nearest = difflib.get_close_matches(cfg.name, [*registry.MODELS, *torchvision_models()], n=1)
+        hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
+        raise ModelError(f"model.name: unknown model {cfg.name!r}{hint}; use {', '.join(registry.MODELS)}, a torchvision "
+                         "classification model, 'timm/<name>' or 'package.module:callable'")  # fmt: skip
+    if cfg.head is not None:
+        built.head = _named_head(built.module, cfg.head)
+    return built
+
+
+def _from_factory(cfg: ModelConfig, num_classes: int, in_channels: int) -> BuiltModel:
+    factory = registry.resolve("model.name", cfg.name, registry.MODELS)
+    module = registry.call_factory("model.name", cfg.name, factory, {"num_classes": num_classes, "in_channels": in_channels, **cfg.kwargs})
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"model.name: {cfg.name} returned a {type(module).__name__}, expected a torch.nn.Module")
+    if cfg.pretrained:
+        raise ModelError(f"model.pretrained: model '{cfg.name}' has no published weights; use model.weights_file")
+    if cfg.weights_file is not None:
+        head_name = cfg.head if registry.is_import_path(cfg.name) else ""  # "": the built-in's classifier
+        load_compatible(module, _read_weights_file(Path(cfg.weights_file)), str(cfg.weights_file), head_name)
+    # A user's head is named by model.head; the built-ins' is their classifier.
+    return BuiltModel(module, None if registry.is_import_path(cfg.name) else _head(module)[1])
+
+
+def _torchvision_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> BuiltModel:
+    model = torchvision.models.get_model(cfg.name, weights=None, **cfg.kwargs)
+    if cfg.pretrained:
+        load_compatible(model, _torchvision_pretrained(cfg.name, cfg.weights_mirror), f"torchvision's {cfg.name} weights")
+    _replace_head(model, num_classes)
     if cfg.weights_file is not None:
         load_compatible(model, _read_weights_file(Path(cfg.weights_file)), str(cfg.weights_file))
-    if cfg.name not in BUILTIN and in_channels == 1:
-        model = nn.Sequential(GrayToRGB(), model)
-    return model
+    head = _head(model)[1]
+    return BuiltModel(nn.Sequential(GrayToRGB(), model) if in_channels == 1 else model, head)
+
+
+def _timm_model(cfg: ModelConfig, name: str, num_classes: int, in_channels: int) -> BuiltModel:
+    """timm builds the head and adapts the stem itself; a local weights file goes through timm's own
+    adaptation too (read here with weights_only=True, handed over as a state dict)."""
+    try:
+        import timm
+    except ImportError:
+        raise ModelError("model.name: timm models need the [timm] extra: pip install 'superconverge[timm]'") from None
+    if not timm.is_model(name):
+        nearest = difflib.get_close_matches(name, timm.list_models(), n=1)
+        hint = f" (did you mean 'timm/{nearest[0]}'?)" if nearest else ""
+        raise ModelError(f"model.name: timm has no model {name!r}{hint}")
+    options: dict = {"num_classes": num_classes, "in_chans": in_channels, **cfg.kwargs}
+    if cfg.weights_file is not None:
+        options.update(pretrained=True, pretrained_cfg_overlay={"state_dict": _read_weights_file(Path(cfg.weights_file))})
+    elif cfg.pretrained:
+        options["pretrained"] = True
+    try:
+        model = timm.create_model(name, **options)
+    except Exception as exc:  # noqa: BLE001 - timm's download and load errors differ by source (HF hub, URL, file)
+        where = "model.weights_file" if cfg.weights_file is not None else "model.pretrained"
+        raise ModelError(
+            f"{where}: timm could not build {name!r} with its weights ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}). "
+            "Without internet, point model.weights_file at a local state dict, or set HF_HOME to a cache that holds them "
+            "(and HF_HUB_OFFLINE=1, so nothing waits on the network)."
+        ) from None
+    return BuiltModel(model, model.get_classifier())
+
+
+def _named_head(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        nearest = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
+        raise ModelError(f"model.head: the model has no submodule {name!r}{hint}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -17,6 +18,7 @@ from accelerate.utils import broadcast_object_list
 from superconverge import jsonfile
 from superconverge.checkpoint import CheckpointError, CheckpointStore
 from superconverge.config import Config, save_config
+from superconverge.records import EpochRecord
 
 
 class RunLock:
@@ -79,10 +81,10 @@ class RunDir:
         if self.is_main:
             (self.path / "metrics.jsonl").write_text("".join(jsonfile.dumps(r) + "\n" for r in records))
 
-    def append_history(self, record: dict) -> None:
+    def append_history(self, record: EpochRecord) -> None:
         if self.is_main:
             with open(self.path / "metrics.jsonl", "a") as handle:
-                handle.write(jsonfile.dumps(record) + "\n")
+                handle.write(jsonfile.dumps(asdict(record)) + "\n")
 
     def write_summary(self, summary: dict) -> None:
         if self.is_main:

@@ -9,13 +9,48 @@ from torch.optim.lr_scheduler import OneCycleLR
 
 from superconverge.config import OptimizerConfig, ScheduleConfig
 
+LR_SCALE = "lr_scale"  # a param group's LR as a fraction of the head's (group 0, always 1)
 
-def build_optimizer(cfg: OptimizerConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+
+def param_groups(cfg: OptimizerConfig, model: torch.nn.Module, head: torch.nn.Module | None) -> list[dict]:
+    """One group per (head or backbone, decayed or not) that has parameters, head first.
+
+    Written here because the rule is two lines and timm, which has one, is optional. Norm weights and
+    biases are the 1-D parameters and the ``*.bias`` ones (timm's ``param_groups_weight_decay`` rule).
+    """
+    head_ids = {id(p) for p in head.parameters()} if head is not None and cfg.backbone_lr_ratio is not None else None
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        in_head = head_ids is None or id(param) in head_ids
+        decayed = cfg.decay_norm_and_bias or not (param.ndim <= 1 or name.endswith(".bias"))
+        groups.setdefault((not in_head, not decayed), []).append(param)
+    ratio = cfg.backbone_lr_ratio or 1.0
+    return [{"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, LR_SCALE: ratio if backbone else 1.0}
+            for (backbone, no_decay), params in sorted(groups.items())]  # fmt: skip
+
+
+def build_optimizer(cfg: OptimizerConfig, model: torch.nn.Module, lr: float, head: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+    """``lr`` is the head's; every group gets its LR_SCALE of it."""
+    groups = param_groups(cfg, model, head)
+    for group in groups:
+        group["lr"] = lr * group[LR_SCALE]
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return cls(groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def follow_head_lr(optimizer: torch.optim.Optimizer) -> None:
+    """Every group at its LR_SCALE of group 0's LR (the range test's sweep sets one LR in every group)."""
+    head_lr = optimizer.param_groups[0]["lr"]
+    for group in optimizer.param_groups[1:]:
+        group["lr"] = head_lr * group[LR_SCALE]
+
+
+def group_max_lrs(optimizer: torch.optim.Optimizer, max_lr: float) -> list[float]:
+    return [max_lr * group[LR_SCALE] for group in optimizer.param_groups]
 
 
 def optimizer_steps_per_epoch(batches_per_process: int, grad_accum_steps: int) -> int:
@@ -31,7 +66,7 @@ def build_one_cycle(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, max_l
     """
     return OneCycleLR(
         optimizer,
-        max_lr=max_lr,
+        max_lr=group_max_lrs(optimizer, max_lr),  # one peak per group, the head's at max_lr
         total_steps=total_steps,
         pct_start=cfg.pct_start,
         anneal_strategy=cfg.anneal_strategy,

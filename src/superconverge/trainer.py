@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import is_compiled_module, set_seed
 from torch.utils.data import DataLoader
@@ -21,9 +20,12 @@ from superconverge.data import DataBundle
 from superconverge.errors import UserError
 from superconverge.lr_finder import MaxLRChoice
 from superconverge.metrics import EarlyStopping, SplitTotals
+from superconverge.records import EpochRecord, RunSummary
 from superconverge.run_dir import RunDir
-from superconverge.schedule import build_one_cycle, build_optimizer, current_momentum, optimizer_steps_per_epoch
+from superconverge.schedule import build_one_cycle, build_optimizer, current_momentum, group_max_lrs, optimizer_steps_per_epoch
 from superconverge.signals import StopSignals
+from superconverge.step import TrainStep
+from superconverge.task import Task
 from superconverge.tracking import Tracking
 
 
@@ -73,39 +75,39 @@ def make_loaders(cfg: Config, data: DataBundle, pin_memory: bool) -> tuple[DataL
     return train, evaluation(data.val), evaluation(data.test)
 
 
+@dataclass
+class RunContext:
+    """What every stage of a run shares: the config and the run's services, set up before any work."""
+
+    cfg: Config
+    accelerator: Accelerator
+    run_dir: RunDir  # locked; closed when the run ends
+    console: RunConsole
+    tracking: Tracking
+    stop: StopSignals  # installed by the caller before any work, restored by it when the run ends
+
+
 class Trainer:
-    def __init__(
-        self,
-        cfg: Config,
-        accelerator: Accelerator,
-        data: DataBundle,
-        model: torch.nn.Module,
-        choice: MaxLRChoice,
-        resume: tuple[Path, dict] | None,
-        run_dir: RunDir,
-        console: RunConsole,
-        tracking: Tracking,
-        stop: StopSignals,
-    ) -> None:
-        self.cfg, self.accelerator, self.run_dir = cfg, accelerator, run_dir  # locked; closed when the run ends
-        self.console, self.tracking = console, tracking
-        self.stop = stop  # installed by the caller before any work, restored by it when the run ends
+    def __init__(self, ctx: RunContext, task: Task, model: torch.nn.Module, choice: MaxLRChoice, resume: tuple[Path, dict] | None) -> None:
+        cfg, accelerator = ctx.cfg, ctx.accelerator
+        self.cfg, self.accelerator, self.run_dir, self.task = cfg, accelerator, ctx.run_dir, task
+        self.console, self.tracking, self.stop = ctx.console, ctx.tracking, ctx.stop
         self.preempted = False
         self._nonfinite = torch.zeros((), device=accelerator.device)  # non-finite losses seen; read at check points only
         max_lr = choice.max_lr
-        self.train_transform, self.eval_transform = data.train_transform, data.eval_transform
-        self.augment_generator = torch.Generator(accelerator.device)
-        self.store = run_dir.checkpoints
-        train, val, test = make_loaders(cfg, data, pin_memory=accelerator.device.type == "cuda")
-        optimizer = build_optimizer(cfg.optimizer, model, lr=max_lr / cfg.schedule.div_factor)
+        self.store = ctx.run_dir.checkpoints
+        train, val, test = make_loaders(cfg, task.data, pin_memory=accelerator.device.type == "cuda")
+        optimizer = build_optimizer(cfg.optimizer, model, max_lr / cfg.schedule.div_factor, task.head)
         self.model = model  # prepared by prepare_model before the range test
         self.optimizer, self.train_loader, self.val_loader, self.test_loader = accelerator.prepare(optimizer, train, val, test)
+        self.step = TrainStep(cfg.trainer, accelerator, task, model, self.optimizer, cfg.seed)
         steps = cfg.trainer.epochs * optimizer_steps_per_epoch(len(self.train_loader), cfg.trainer.grad_accum_steps)
         self.scheduler = accelerator.prepare(build_one_cycle(cfg.schedule, optimizer, max_lr, steps))
+        self.max_lr_per_group = group_max_lrs(optimizer, max_lr)
         self.state = TrainState(max_lr=max_lr, total_steps=steps, lr_policy=choice.policy, lr_finder_seconds=choice.seconds,
                                 lr_suggestions=choice.suggestions, config=cfg.model_dump(mode="json"))  # fmt: skip
         es = cfg.trainer.early_stopping
-        self.stopper = EarlyStopping(es.metric, es.patience, es.min_delta)
+        self.stopper = EarlyStopping(task.monitor, es.patience, es.min_delta)
         # A different augmentation stream on each rank; a resumed run gets its saved RNG back instead.
         set_seed(cfg.seed, device_specific=True)
         if resume is not None:
@@ -117,7 +119,7 @@ class Trainer:
 
     def close(self) -> None:
         """End the run's resources in order: the DDP model and loaders before the process group they use."""
-        self.model = self.optimizer = self.scheduler = self.train_loader = self.val_loader = self.test_loader = None
+        self.model = self.optimizer = self.scheduler = self.train_loader = self.val_loader = self.test_loader = self.step = None
         self.accelerator.free_memory()  # Accelerate's own references to the prepared objects
         gc.collect()
         self.accelerator.end_training()  # trackers finish, the process group is destroyed
@@ -138,7 +140,7 @@ class Trainer:
     def epochs(self) -> int:
         return self.cfg.trainer.epochs
 
-    def fit(self) -> dict:
+    def fit(self) -> RunSummary:
         self.stop.training = True
         self.run_dir.write_history(self.state.history)
         finished = self.state.stopped_early or self.state.epoch >= self.epochs
@@ -161,23 +163,16 @@ class Trainer:
         if state.batches_done:
             loader = acc.skip_first_batches(self.train_loader, state.batches_done)
             loader.set_epoch(epoch)  # the skipping loader would otherwise reshuffle as epoch 0
-        totals = SplitTotals(acc.device, state.train_totals, remainder=self._train_remainder())
+        totals = self._totals(state.train_totals, remainder=self._train_remainder())
         self.model.train()
         began = self._epoch_began = time.perf_counter()
         first_batch = state.batches_done
         self.console.start_phase("train", len(self.train_loader), epoch + 1)
-        for images, labels in loader:
-            images = self._layout(self._augment(images, epoch, state.batches_done))
-            with acc.accumulate(self.model):
-                logits = self.model(images).float()
-                losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=self.cfg.optimizer.label_smoothing)
-                self._nonfinite += (~torch.isfinite(losses.detach())).sum()
-                acc.backward(losses.mean())
-                if acc.sync_gradients and trainer.grad_clip_norm:
-                    acc.clip_grad_norm_(self.model.parameters(), trainer.grad_clip_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            totals.add(acc, losses, logits, labels)
+        for inputs, targets in loader:
+            # Augmentation keyed by (rank, epoch, batch): a run resumed mid-epoch draws what the uninterrupted run drew.
+            out = self.step(inputs, targets, key=(acc.process_index, epoch, state.batches_done))
+            self._nonfinite += (~torch.isfinite(out.loss)).sum()
+            totals.add(acc, out.loss, out.outputs, targets)
             state.batches_done += 1
             if acc.sync_gradients:
                 self._after_optimizer_step()
@@ -201,20 +196,8 @@ class Trainer:
         global_batch = self.cfg.data.batch_size * self.accelerator.num_processes
         return len(self.train_loader.dataset) % global_batch
 
-    def _augment(self, images: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
-        if self.train_transform is None:
-            return images
-        # Augmentation randomness is a pure function of (seed, rank, epoch, batch): a run resumed
-        # mid-epoch draws exactly what the uninterrupted run drew, whatever the loader prefetched.
-        key = (self.cfg.seed, self.accelerator.process_index, epoch, batch)
-        self.augment_generator.manual_seed(hash(key) & 0x7FFF_FFFF_FFFF_FFFF)
-        return self.train_transform(images, self.augment_generator)
-
-    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return self.eval_transform(images) if self.eval_transform is not None else images
-
-    def _layout(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.cfg.trainer.channels_last else images
+    def _totals(self, already_global: list[float] | None = None, remainder: int | None = None) -> SplitTotals:
+        return SplitTotals(self.accelerator.device, self.task.loss, self.task.classifies, already_global, remainder)
 
     def _report_batch(self, totals: SplitTotals, began: float, first_batch: int) -> None:
         """Console progress every batch; the numbers (one host sync) only at reporting points."""
@@ -225,9 +208,8 @@ class Trainer:
         @functools.cache
         def stats() -> dict:
             seen = (state.batches_done - first_batch) * self.cfg.data.batch_size * self.accelerator.num_processes
-            loss_sum, _, count = (totals.local + totals.shared).tolist()
             lr, momentum = self.optimizer.param_groups[0]["lr"], current_momentum(self.optimizer)
-            return {"loss": loss_sum / max(count, 1), "lr": lr, "mom": momentum, "img/s": seen / max(time.perf_counter() - began, 1e-9)}
+            return {"loss": totals.running_loss(), "lr": lr, "mom": momentum, "img/s": seen / max(time.perf_counter() - began, 1e-9)}
 
         self.console.advance(state.batches_done, stats)
         every = self.cfg.tracking.wandb.log_every_steps
@@ -284,50 +266,42 @@ class Trainer:
         self.state.train_seconds += time.perf_counter() - began
 
     def evaluate(self, loader: DataLoader | None, phase: str) -> tuple[float | None, float | None, int]:
-        """Loss, accuracy and sample count over the whole split, across all ranks."""
+        """Loss, accuracy (None without) and sample count over the whole split, across all ranks."""
         if loader is None:
             return None, None, 0
-        totals = SplitTotals(self.accelerator.device)
+        totals = self._totals()
         self.model.eval()
         self.console.start_phase(phase, len(loader))
         with torch.no_grad():
-            for done, (images, labels) in enumerate(loader, 1):
+            for done, (inputs, targets) in enumerate(loader, 1):
                 self.console.advance(done)
-                logits = self.model(self._layout(self._normalize(images))).float()
-                totals.add(self.accelerator, F.cross_entropy(logits, labels, reduction="none"), logits, labels)
+                out = self.step.evaluate(inputs, targets)
+                totals.add(self.accelerator, out.loss, out.outputs, targets)
         result = totals.fold(self.accelerator)
-        return (*SplitTotals.summarize(result), int(result[2]))
+        return (*SplitTotals.summarize(result, self.task.classifies), int(result[2]))
 
     def _end_epoch(self) -> bool:
         """Validate, checkpoint and log an epoch; return True if the run must stop here."""
         state = self.state
-        train_loss, train_acc = SplitTotals.summarize(state.train_totals)
+        train_loss, train_acc = SplitTotals.summarize(state.train_totals, self.task.classifies)
         val_loss, val_acc, val_count = self.evaluate(self.val_loader, "validation")
-        record = {
-            "epoch": state.epoch + 1,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "train_samples": int(state.train_totals[2]),
-            "val_samples": val_count,
-            "lr": state.lr_trace[-1] if state.lr_trace else None,
-            "optimizer_steps": state.optimizer_steps,
-        }
-        monitored = record[self.stopper.metric] if val_loss is not None else record["train_" + self.stopper.metric[4:]]
-        improved = self.stopper.update(monitored, state.epoch + 1)
+        record = EpochRecord(epoch=state.epoch + 1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
+                             train_samples=int(state.train_totals[2]), val_samples=val_count,
+                             lr=state.lr_trace[-1] if state.lr_trace else None, optimizer_steps=state.optimizer_steps)  # fmt: skip
+        # Without a validation split the training metric of the same name decides.
+        monitored = {"val_acc": val_acc, "val_loss": val_loss} if val_loss is not None else {"val_acc": train_acc, "val_loss": train_loss}
+        record.best = self.stopper.update(monitored[self.stopper.metric], state.epoch + 1)
         state.epoch += 1
         state.batches_done, state.train_totals = 0, [0.0, 0.0, 0.0]
         state.stopped_early = self.stopper.should_stop and state.epoch < self.epochs
         seconds, images = state.train_seconds - self._epoch_marks[0], state.train_images - self._epoch_marks[1]
-        speed = images / seconds if seconds else None
-        record.update(best=improved, seconds=round(time.perf_counter() - self._epoch_began, 3), train_images_per_second=speed)
-        state.history.append(record)
-        self._save(["last", "best"] if improved else ["last"])
+        record.seconds = round(time.perf_counter() - self._epoch_began, 3)
+        record.train_images_per_second = images / seconds if seconds else None
+        state.history.append(asdict(record))
+        self._save(["last", "best"] if record.best else ["last"])
         self.run_dir.append_history(record)
         self.console.end_epoch(record)
-        epoch_values = {f"epoch/{k}": v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        self.tracking.log(epoch_values, step=state.optimizer_steps)
+        self.tracking.log({f"epoch/{k}": v for k, v in record.numbers().items()}, step=state.optimizer_steps)
         limit = self.cfg.trainer.stop_after_epochs
         return limit is not None and state.epoch - self._epochs_at_start >= limit and state.epoch < self.epochs and not state.stopped_early
 
@@ -338,52 +312,40 @@ class Trainer:
         state.wall_seconds = self._wall_before + time.perf_counter() - self._started
         self.store.save(self.accelerator, asdict(state), links)
 
-    def _test(self) -> float | None:
+    def _test(self) -> tuple[float | None, float | None]:
+        """Test loss and accuracy of the `best` checkpoint (or `last`)."""
         best = self.store.link("best") or self.store.link("last")
         if self.test_loader is None or best is None:
-            return None
+            return None, None
         load_model_weights(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), best)
-        return self.evaluate(self.test_loader, "test")[1]
+        return self.evaluate(self.test_loader, "test")[:2]
 
-    def _finish(self, completed: bool, diverged: bool = False) -> dict:
+    def _finish(self, completed: bool, diverged: bool = False) -> RunSummary:
         state = self.state
-        test_acc = self._test() if completed else None
+        test_loss, test_acc = self._test() if completed else (None, None)
         state.wall_seconds = self._wall_before + time.perf_counter() - self._started
-        val_accs = [r["val_acc"] for r in state.history if r["val_acc"] is not None]
-        summary = {
-            "completed": completed,
-            "preempted": self.preempted,
-            "diverged": diverged,
-            "world_size": self.accelerator.num_processes,
-            "global_batch_size": self.cfg.global_batch_size(self.accelerator.num_processes),
-            "max_lr": state.max_lr,
-            "lr_policy": state.lr_policy,
-            "lr_finder_seconds": round(state.lr_finder_seconds, 3),
-            "lr_suggestions": state.lr_suggestions,
-            "optimizer_steps": state.optimizer_steps,
-            "total_optimizer_steps": state.total_steps,
-            "final_lr": state.lr_trace[-1] if state.lr_trace else None,
-            "epochs_completed": state.epoch,
-            "best_epoch": self.stopper.best_epoch,
-            "best_val_acc": max(val_accs) if val_accs else None,
-            "test_acc": test_acc,
-            "stopped_early": state.stopped_early,
-            "resumed": state.resumed > 0,
-            "times_resumed": state.resumed,
-            "mixed_precision": self.accelerator.mixed_precision,
-            "compiled": is_compiled_module(self.model),
-            "channels_last": self.cfg.trainer.channels_last,
-            "device": self.accelerator.device.type,
-            "wall_seconds": round(state.wall_seconds, 3),
-            "train_images_per_second": state.train_images / state.train_seconds if state.train_seconds else None,
-            "wandb_run_id": self.tracking.run_id,
-            "wandb_mode": self.tracking.mode,
-            "run_dir": str(self.run_dir.path),
-        }
-        keys = ("best_val_acc", "test_acc", "max_lr", "lr_policy", "optimizer_steps", "epochs_completed", "stopped_early")
-        self.tracking.summarize({k: summary[k] for k in keys})
+        history = [EpochRecord.from_dict(r) for r in state.history]
+        val_losses = [r.val_loss for r in history if r.val_loss is not None]
+        val_accs = [r.val_acc for r in history if r.val_acc is not None]
+        summary = RunSummary(
+            completed=completed, preempted=self.preempted, diverged=diverged, world_size=self.accelerator.num_processes,
+            global_batch_size=self.cfg.global_batch_size(self.accelerator.num_processes), max_lr=state.max_lr,
+            max_lr_per_group=self.max_lr_per_group, lr_policy=state.lr_policy, lr_finder_seconds=round(state.lr_finder_seconds, 3),
+            lr_suggestions=state.lr_suggestions, optimizer_steps=state.optimizer_steps, total_optimizer_steps=state.total_steps,
+            final_lr=state.lr_trace[-1] if state.lr_trace else None, epochs_completed=state.epoch, best_epoch=self.stopper.best_epoch,
+            monitor=self.stopper.metric, best_val_loss=min(val_losses) if val_losses else None,
+            best_val_acc=max(val_accs) if val_accs else None, test_loss=test_loss, test_acc=test_acc,
+            stopped_early=state.stopped_early, resumed=state.resumed > 0, times_resumed=state.resumed,
+            mixed_precision=self.accelerator.mixed_precision, compiled=is_compiled_module(self.model),
+            channels_last=self.cfg.trainer.channels_last, device=self.accelerator.device.type, wall_seconds=round(state.wall_seconds, 3),
+            train_images_per_second=state.train_images / state.train_seconds if state.train_seconds else None,
+            wandb_run_id=self.tracking.run_id, wandb_mode=self.tracking.mode, run_dir=str(self.run_dir.path),
+        )  # fmt: skip
+        keys = ("best_val_loss", "best_val_acc", "test_loss", "test_acc", "max_lr", "lr_policy", "optimizer_steps", "epochs_completed",
+                "stopped_early")  # fmt: skip
+        self.tracking.summarize({k: getattr(summary, k) for k in keys})
         self.run_dir.write_lr_trace({"total_steps": state.total_steps, "lr": state.lr_trace, "momentum": state.momentum_trace})
-        self.run_dir.write_summary(summary)
+        self.run_dir.write_summary(asdict(summary))
         self.console.finish(summary, self.tracking.describe())
         self.accelerator.wait_for_everyone()
         self.run_dir.close()

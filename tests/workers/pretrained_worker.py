@@ -16,7 +16,8 @@ from superconverge.cli import prepare_inputs
 
 def main() -> None:
     expected, served, report_dir, argv = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]
-    cfg, data, model = prepare_inputs(argv)  # every rank, before any process group exists
+    cfg, task = prepare_inputs(argv)  # every rank, before any process group exists
+    model = task.model
     reference = torch.load(served, map_location="cpu", weights_only=True)
     own = model.state_dict()
     body = [key for key in reference if not key.startswith("fc.")]

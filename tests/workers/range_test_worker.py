@@ -19,16 +19,16 @@ from superconverge.trainer import prepare_model
 
 def main() -> None:
     expected, report_dir, argv = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-    cfg, data, model = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
+    cfg, task = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
     accelerator = make_accelerator(cfg)
     # Proves this is one distributed job, not N independent single-process runs.
     assert accelerator.num_processes == expected, f"world size {accelerator.num_processes}, expected {expected}"
     assert torch.distributed.is_initialized() == (expected > 1)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    model = prepare_model(cfg, accelerator, model)
+    model = prepare_model(cfg, accelerator, task.model)
     assert isinstance(model, torch.nn.parallel.DistributedDataParallel) == (expected > 1)
     before = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
-    choice = find_max_lr(cfg, accelerator, data, model, RunConsole(cfg.console, accelerator.is_main_process))
+    choice = find_max_lr(cfg, accelerator, task, model, RunConsole(cfg.console, accelerator.is_main_process))
     after = accelerator.unwrap_model(model).state_dict()
     # The trainer's optimizer is built after the test from the restored parameters.
     optimizer = build_optimizer(cfg.optimizer, model, lr=1e-3)
@@ -36,6 +36,7 @@ def main() -> None:
         "rank": accelerator.process_index,
         "world_size": accelerator.num_processes,
         "weights_restored_exactly": all(torch.equal(before[k], after[k]) for k in before),
+        "no_gradients_left": all(p.grad is None for p in model.parameters()),  # training's first step starts clean
         "optimizer_params_are_the_model": all(a is b for a, b in zip(optimizer.param_groups[0]["params"], model.parameters(), strict=True)),
         "max_lr": choice.max_lr,
         "batches_per_rank": choice.range_test.batches_per_rank,

@@ -28,7 +28,7 @@ def report(expected: int, report_dir: Path, trainer) -> None:
     summary = trainer.fit()
     flat = torch.cat([p.detach().float().flatten() for p in accelerator.unwrap_model(trainer.model).parameters()])
     everyone = accelerator.gather(flat.unsqueeze(0))
-    images = trainer._normalize(next(iter(trainer.val_loader))[0])
+    images = trainer.step.eval_inputs(next(iter(trainer.val_loader))[0])
     # The plain module (Accelerate's autocast is patched into its forward): a hook would make a compiled model recompile.
     plain = accelerator.unwrap_model(trainer.model, keep_torch_compile=False).eval()
     # Accelerate casts the outputs back to fp32; the dtype inside the network shows autocast at work.
@@ -36,7 +36,7 @@ def report(expected: int, report_dir: Path, trainer) -> None:
     first_conv = next(m for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
     hook = first_conv.register_forward_hook(lambda module, inputs, output: seen.append(output))
     with torch.no_grad():
-        plain(trainer._layout(images))
+        plain(images)
     hook.remove()
     conv_output = seen[0]
     report = {
@@ -50,7 +50,7 @@ def report(expected: int, report_dir: Path, trainer) -> None:
         # The output: a 1-channel input is trivially contiguous in both layouts.
         "conv_output_channels_last": conv_output.is_contiguous(memory_format=torch.channels_last),
         "compiled": is_compiled_module(trainer.model),
-        "optimizer_steps": summary["optimizer_steps"],
+        "optimizer_steps": summary.optimizer_steps,
     }
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps(report))

@@ -1,0 +1,66 @@
+"""What a run reports, as typed records: the console, W&B, ``metrics.jsonl`` and ``summary.json`` read these."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_acc: float | None  # None where the task has no accuracy (the loss is the metric)
+    val_loss: float | None
+    val_acc: float | None
+    train_samples: int
+    val_samples: int
+    lr: float | None
+    optimizer_steps: int
+    best: bool = False
+    seconds: float = 0.0
+    train_images_per_second: float | None = None
+
+    def numbers(self) -> dict[str, float]:
+        """The numeric fields (for W&B charts)."""
+        return {k: v for k, v in asdict(self).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EpochRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class RunSummary:
+    completed: bool
+    preempted: bool
+    diverged: bool
+    world_size: int
+    global_batch_size: int
+    max_lr: float
+    max_lr_per_group: list[float]
+    lr_policy: str
+    lr_finder_seconds: float
+    lr_suggestions: dict[str, float]
+    optimizer_steps: int
+    total_optimizer_steps: int
+    final_lr: float | None
+    epochs_completed: int
+    best_epoch: int | None
+    monitor: str  # the metric that chose `best` (and early stopping)
+    best_val_loss: float | None
+    best_val_acc: float | None
+    test_loss: float | None
+    test_acc: float | None
+    stopped_early: bool
+    resumed: bool
+    times_resumed: int
+    mixed_precision: str
+    compiled: bool
+    channels_last: bool
+    device: str
+    wall_seconds: float
+    train_images_per_second: float | None
+    wandb_run_id: str | None
+    wandb_mode: str
+    run_dir: str

@@ -1,0 +1,69 @@
+"""The training step: one micro-batch, the same code for the training loop and the LR range test.
+
+Augmentation (keyed, so a resumed run draws what the uninterrupted one drew), memory layout, the
+forward under Accelerate's autocast (patched into the prepared model), the task's loss, backward
+through Accelerate's scaler inside ``accelerator.accumulate`` (DDP skips the all-reduce on
+accumulation micro-steps), gradient clipping and the optimizer step. Only the caller differs: the
+loop takes its LR from OneCycleLR, the range test from torch-lr-finder's sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
+
+from superconverge.config import TrainerConfig
+from superconverge.task import Task
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # the micro-batch's mean loss, detached, on the device (no host sync)
+    outputs: torch.Tensor  # detached
+
+
+class TrainStep:
+    def __init__(self, cfg: TrainerConfig, accelerator: Accelerator, task: Task, model: torch.nn.Module,
+                 optimizer: AcceleratedOptimizer, seed: int) -> None:  # fmt: skip
+        self.cfg, self.accelerator, self.task, self.model, self.optimizer, self.seed = cfg, accelerator, task, model, optimizer, seed
+        self.generator = torch.Generator(accelerator.device)
+
+    def train_inputs(self, inputs: torch.Tensor, key: tuple) -> torch.Tensor:
+        transform = self.task.data.train_transform
+        if transform is not None:
+            # Augmentation randomness is a pure function of (seed, key), not of what a loader prefetched.
+            self.generator.manual_seed(hash((self.seed, *key)) & 0x7FFF_FFFF_FFFF_FFFF)
+            inputs = transform(inputs, self.generator)
+        return self.layout(inputs)
+
+    def eval_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        transform = self.task.data.eval_transform
+        return self.layout(transform(inputs) if transform is not None else inputs)
+
+    def layout(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.cfg.channels_last and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
+            return inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, key: tuple) -> StepOutput:
+        acc = self.accelerator
+        inputs = self.train_inputs(inputs, key)
+        with acc.accumulate(self.model):
+            outputs = self.model(inputs).float()
+            loss = self.task.loss(outputs, targets)
+            acc.backward(loss)
+            if acc.sync_gradients and self.cfg.grad_clip_norm:
+                # Accelerate's clip_grad_norm_ unscales only the optimizers it prepared; the range test's is
+                # wrapped, not prepared (it must not enter the checkpoint), so this step names its own.
+                acc.unscale_gradients(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return StepOutput(loss.detach().reshape(()), outputs.detach())
+
+    def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepOutput:
+        outputs = self.model(self.eval_inputs(inputs)).float()
+        return StepOutput(self.task.loss(outputs, targets).detach().reshape(()), outputs)
