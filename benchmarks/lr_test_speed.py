@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import LAUNCH_ONE_CPU, RESULTS, SCRATCH, machine_header, read_json, timed  # noqa: E402
 
 CONFIG = "configs/fashion_mnist.yaml"
-ROUNDS = 3
+ROUNDS = 5
 WORK = SCRATCH / "lr_test_speed"
 ARGS = ["data.limit_train=20000", "data.batch_size=128", "trainer.epochs=2", "trainer.resume=none", "console.mode=quiet",
         "tracking.wandb.mode=disabled"]  # fmt: skip
