@@ -134,3 +134,13 @@ def test_a_checkpoint_from_before_the_task_keys_resumes_unless_they_change():
         ROOT / "configs" / "digits.yaml", ["optimizer.decay_norm_and_bias=false", "trainer.early_stopping.metric=val_loss"]
     )
     assert set(resume_changes(older, changed)[1]) == {"optimizer.decay_norm_and_bias", "trainer.early_stopping.metric"}
+
+
+def test_plain_sgd_asked_for_is_not_cycled_silently():
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "configs" / "digits.yaml", ["optimizer.name=sgd", "optimizer.momentum=0"])
+    assert "optimizer.momentum=0 (plain SGD) with schedule.cycle_momentum=true" in str(info.value)
+    assert "Value error" not in str(info.value)
+    plain = load_config(ROOT / "configs" / "digits.yaml", ["optimizer.name=sgd", "optimizer.momentum=0", "schedule.cycle_momentum=false"])
+    assert plain.optimizer.momentum == 0 and not plain.schedule.cycle_momentum
+    assert load_config(None, ["optimizer.momentum=0"]).optimizer.name == "adamw"  # Adam's cycled beta1 is not this key

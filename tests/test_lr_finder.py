@@ -70,6 +70,7 @@ def test_two_ranks_train_with_rank_zeros_max_lr(digits_args, tmp_path):
     info = summary(tmp_path / "run")
     assert info["max_lr"] == found["max_lr"] and info["lr_policy"] == found["policy"] and info["lr_finder_seconds"] > 0
     assert info["lr_suggestions"] == found["suggestions"]
+    assert info["process_seconds"] > info["wall_seconds"] + info["lr_finder_seconds"]  # start-up and the range test counted
 
 
 def test_resume_does_not_rerun_the_range_test(digits_args, tmp_path):

@@ -11,7 +11,7 @@ from conftest import ROOT, history, launch_command, run, summary
 from test_preemption import wait_for_epochs, workers
 
 from superconverge.checkpoint import REQUEUE_EXIT_CODE
-from superconverge.signals import StopSignals
+from superconverge.signals import INTERRUPT_EXIT_CODE, StopSignals
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 
@@ -130,3 +130,31 @@ def test_ranks_whose_launcher_dies_before_training_exit_at_once(digits_args, tmp
     launcher.wait()
     _, alive = psutil.wait_procs(ranks, timeout=15)
     assert not alive, "ranks went on with the range test without their launcher"
+
+
+def test_ctrl_c_checkpoints_stops_in_one_line_and_the_same_command_continues(digits_args, tmp_path):
+    args = digits_args("schedule.max_lr=0.005", "trainer.epochs=40", "console.mode=quiet")
+    proc = subprocess.Popen(launch_command(1) + args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_epochs(tmp_path / "run", 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == INTERRUPT_EXIT_CODE, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("superconverge: stopped on SIGINT at optimizer step ") and "the same command continues" in line
+    info = summary(tmp_path / "run")
+    assert info["preempted"] and not info["completed"] and (tmp_path / "run" / "checkpoints" / "last").is_symlink()
+    run(args)
+    assert summary(tmp_path / "run")["completed"] and summary(tmp_path / "run")["resumed"]
+
+
+def test_ctrl_c_at_the_launcher_checkpoints_every_rank(digits_args, tmp_path):
+    args = digits_args("schedule.max_lr=0.005", "trainer.epochs=300", "console.mode=quiet", "trainer.preemption_check_steps=2")
+    launcher = subprocess.Popen(launch_command(2) + args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_epochs(tmp_path / "run", 2, launcher)
+    launcher.send_signal(signal.SIGINT)  # a terminal's Ctrl-C reaches the launcher; torchelastic passes SIGINT to each rank
+    _, stderr = launcher.communicate(timeout=90)
+    assert stderr.count("superconverge: stopped on SIGINT at optimizer step ") == 1, stderr[-3000:]  # the main process says it
+    info = summary(tmp_path / "run")
+    assert info["preempted"] and info["world_size"] == 2 and info["optimizer_steps"] % 2 == 0
+    assert (tmp_path / "run" / "checkpoints" / "last").resolve().name.startswith(f"step-{info['optimizer_steps']:08d}")

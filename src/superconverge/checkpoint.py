@@ -84,14 +84,15 @@ class CheckpointStore:
 
 
 def disk_full(exc: BaseException | None, where: Path) -> bool:
-    """ENOSPC, however the writer reports it: OSError (json, pickle), SafetensorError, or torch.save's
-    RuntimeError, which says only "file write failed" (then the free space decides)."""
+    """ENOSPC, however the writer reports it: OSError (json, pickle), SafetensorError, or torch.save's RuntimeError."""
     while exc is not None:
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             return True
         if any(sign in str(exc) for sign in ("No space left", "StorageFull", "os error 28")):
             return True
-        if "file write failed" in str(exc):
+        # torch.save's zip writer says only "file write failed", or "unexpected pos" when a write came up
+        # short mid-file: then the free space decides.
+        if "file write failed" in str(exc) or "unexpected pos" in str(exc):
             return shutil.disk_usage(where).free < 64 * 2**20
         exc = exc.__cause__ or exc.__context__
     return False

@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin
 
-from superconverge.checkpoint import REQUEUE_EXIT_CODE, check_fits, resolve_resume, validate_checkpoint
+from superconverge.checkpoint import check_fits, resolve_resume, validate_checkpoint
 from superconverge.config import MOOT_ON_RESUME, Config, ConfigError, describe_changes, load_config, resume_changes
 from superconverge.console import RunConsole
 from superconverge.errors import UserError
@@ -32,7 +32,7 @@ from superconverge.run_dir import RunDir
 from superconverge.signals import StopSignals
 from superconverge.task import Task, build_task
 from superconverge.tracking import Tracking, start_tracking, wants_wandb
-from superconverge.trainer import RunContext, Trainer, prepare_model
+from superconverge.trainer import RunContext, Trainer, TrainState, prepare_model
 
 
 def entry(argv: list[str] | None = None) -> int:
@@ -56,12 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def resumed_choice(resume_state: dict | None) -> MaxLRChoice | None:
+def resumed_choice(resume_state: TrainState | None) -> MaxLRChoice | None:
     """A resumed run continues the schedule it started, with the max_lr it chose then."""
     if resume_state is None:
         return None
-    return MaxLRChoice(float(resume_state["max_lr"]), resume_state["lr_policy"], resume_state["lr_finder_seconds"], reused=True,
-                       suggestions=resume_state.get("lr_suggestions", {}))  # fmt: skip
+    return MaxLRChoice(float(resume_state.max_lr), resume_state.lr_policy, resume_state.lr_finder_seconds, reused=True,
+                       suggestions=resume_state.lr_suggestions)  # fmt: skip
 
 
 def uses_cpu(cfg: Config) -> bool:
@@ -100,21 +100,21 @@ def prepare_inputs(argv: list[str] | None, forced: tuple[str, ...] = ()) -> tupl
     return cfg, build_task(cfg)
 
 
-def find_resume_point(cfg: Config, model: torch.nn.Module) -> tuple[Path | None, dict | None]:
+def find_resume_point(cfg: Config, model: torch.nn.Module) -> tuple[Path | None, TrainState | None]:
     """The checkpoint to continue from, read whole and checked against the model (every rank, run dir locked)."""
     resume_from = resolve_resume(cfg.trainer.resume, Path(cfg.output_dir))
     if resume_from is None:
         return None, None
-    resume_state = validate_checkpoint(resume_from)
+    resume_state = TrainState.from_checkpoint(validate_checkpoint(resume_from), resume_from)
     check_fits(resume_from, model)
     check_config_unchanged(cfg, resume_from, resume_state)
     return resume_from, resume_state
 
 
-def check_config_unchanged(cfg: Config, resume_from: Path, resume_state: dict) -> None:
+def check_config_unchanged(cfg: Config, resume_from: Path, resume_state: TrainState) -> None:
     """A resumed run keeps what shaped its checkpoint; changes it can apply are applied and said."""
-    saved = resume_state.get("config")
-    if saved is None:
+    saved = resume_state.config
+    if not saved:
         return  # a checkpoint from before configs were stored in it
     applied, refused = resume_changes(saved, cfg)
     if refused:
@@ -210,12 +210,18 @@ def main(argv: list[str] | None = None) -> int:
     with StopSignals() as stop:
         try:
             trainer = build_trainer(argv, stop)
-            trainer.fit()
+            summary = trainer.fit()
             trainer.close()
-            return REQUEUE_EXIT_CODE if trainer.preempted else 0
+            if not trainer.preempted:
+                return 0
+            if os.environ.get("RANK", "0") == "0":
+                print(f"superconverge: stopped on {stop.reason} at optimizer step {summary.optimizer_steps} of "
+                      f"{summary.total_optimizer_steps} (checkpoint saved in {summary.run_dir}/checkpoints/last); the same "
+                      "command continues the run", file=sys.stderr, flush=True)  # fmt: skip
+            return stop.exit_code
         except StoppedBeforeTraining as exc:
             print(f"superconverge: {exc}", file=sys.stderr, flush=True)
-            return REQUEUE_EXIT_CODE
+            return stop.exit_code
         except UserError as exc:
             report_error(f"superconverge: error: {exc}")
             return 2

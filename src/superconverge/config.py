@@ -199,6 +199,14 @@ class Config(Section):
     console: ConsoleConfig = ConsoleConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @model_validator(mode="after")
+    def _plain_sgd_is_not_cycled(self) -> Config:
+        if self.optimizer.name == "sgd" and self.optimizer.momentum == 0 and self.schedule.cycle_momentum:
+            raise ValueError("optimizer.momentum=0 (plain SGD) with schedule.cycle_momentum=true would train with momentum "
+                             f"{self.schedule.max_momentum} -> {self.schedule.base_momentum} -> {self.schedule.max_momentum}; "
+                             "set schedule.cycle_momentum=false, or give SGD a momentum")  # fmt: skip
+        return self
+
     def global_batch_size(self, world_size: int) -> int:
         """Images per optimizer step: per-process batch x processes x accumulation."""
         return self.data.batch_size * world_size * self.trainer.grad_accum_steps
@@ -237,7 +245,7 @@ def _format_errors(error: ValidationError, source: str, override_keys: set[str])
             nearest = _nearest_key(key)
             message = "unknown key" + (f" (did you mean {nearest}?)" if nearest else "")
         else:
-            message = item["msg"]
+            message = item["msg"].removeprefix("Value error, ")
             if "input" in item and not isinstance(item["input"], dict):
                 message += f" (got {item['input']!r})"
         messages.setdefault(key, []).append(message)
@@ -246,7 +254,7 @@ def _format_errors(error: ValidationError, source: str, override_keys: set[str])
         from_command_line = any(given == key or given.startswith(key + ".") for given in override_keys)
         return "command line" if from_command_line else source
 
-    lines = [f"{key}: {' or '.join(found)} [{origin(key)}]" for key, found in messages.items()]
+    lines = [f"{key + ': ' if key else ''}{' or '.join(found)} [{origin(key) if key else source}]" for key, found in messages.items()]
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

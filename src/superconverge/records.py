@@ -59,7 +59,8 @@ class RunSummary:
     compiled: bool
     channels_last: bool
     device: str
-    wall_seconds: float
+    wall_seconds: float  # the trainer's, from its construction
+    process_seconds: float  # the whole run's, from each process's start (start-up, data and the range test included)
     train_images_per_second: float | None
     wandb_run_id: str | None
     wandb_mode: str

@@ -1,7 +1,8 @@
 """Stop requests for the whole run: preemption signals and a launcher that died.
 
-SIGUSR1 (SLURM's early warning) and SIGTERM only set a flag; the ranks agree on it at step
-boundaries (and between the start-up stages) through one small all-reduce, checkpoint, and stop.
+SIGUSR1 (SLURM's early warning), SIGTERM and SIGINT (Ctrl-C, which torchelastic passes on to every
+rank) only set a flag; the ranks agree on it at step boundaries (and between the start-up stages)
+through one small all-reduce, checkpoint, and stop. A second signal stops at once.
 The handlers are installed before any work and restored when the run ends, like Lightning's
 signal connector, so a run can be made in-process and leave the process as it found it.
 
@@ -22,7 +23,10 @@ import threading
 
 from accelerate import Accelerator
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+from superconverge.checkpoint import REQUEUE_EXIT_CODE
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+INTERRUPT_EXIT_CODE = 130  # the shell's code for Ctrl-C: a person stopped it, nothing requeues it
 ORPHAN_EXIT_CODE = 70  # EX_SOFTWARE: nobody waits for an orphan's status; it is for the record
 
 
@@ -61,6 +65,11 @@ class StopSignals:
     @property
     def requested(self) -> bool:
         return self.signals_seen > 0
+
+    @property
+    def exit_code(self) -> int:
+        """What a run stopped by this request exits with: Ctrl-C's own code, else the requeue code."""
+        return INTERRUPT_EXIT_CODE if self.reason == signal.SIGINT.name else REQUEUE_EXIT_CODE
 
     def _on_signal(self, signum: int, frame) -> None:
         self._request(signal.Signals(signum).name)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import gc
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+import psutil
 import torch
 from accelerate import Accelerator
 from accelerate.utils import is_compiled_module, set_seed
@@ -53,9 +54,21 @@ class TrainState:
     stopped_early: bool = False
     train_seconds: float = 0.0
     train_images: float = 0.0
-    wall_seconds: float = 0.0
+    wall_seconds: float = 0.0  # in the trainer (from its construction), over every invocation
+    process_seconds: float = 0.0  # from each process's start (start-up, data, range test included), over every invocation
     resumed: int = 0
     config: dict = field(default_factory=dict)  # the config this state was made under (a resume may change only some keys)
+
+    @classmethod
+    def from_checkpoint(cls, saved: object, path: Path) -> TrainState:
+        """A checkpoint's ``trainer_state.json`` as read, checked: one line naming the checkpoint if it is not whole."""
+        needed = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING] + ["early_stopping"]
+        missing = [key for key in needed if not isinstance(saved, dict) or not saved.get(key)]
+        if missing:
+            raise CheckpointError(f"checkpoint {path}: trainer_state.json lacks {', '.join(missing)}, so it cannot be resumed. "
+                                  "Delete the checkpoint folder, or set trainer.resume=none (starts over)")  # fmt: skip
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in known})
 
 
 def prepare_model(cfg: Config, accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
@@ -88,7 +101,8 @@ class RunContext:
 
 
 class Trainer:
-    def __init__(self, ctx: RunContext, task: Task, model: torch.nn.Module, choice: MaxLRChoice, resume: tuple[Path, dict] | None) -> None:
+    def __init__(self, ctx: RunContext, task: Task, model: torch.nn.Module, choice: MaxLRChoice,
+                 resume: tuple[Path, TrainState] | None) -> None:  # fmt: skip
         cfg, accelerator = ctx.cfg, ctx.accelerator
         self.cfg, self.accelerator, self.run_dir, self.task = cfg, accelerator, ctx.run_dir, task
         self.console, self.tracking, self.stop = ctx.console, ctx.tracking, ctx.stop
@@ -112,7 +126,7 @@ class Trainer:
         set_seed(cfg.seed, device_specific=True)
         if resume is not None:
             self._resume(*resume)
-        self._wall_before = self.state.wall_seconds
+        self._wall_before, self._process_before = self.state.wall_seconds, self.state.process_seconds
         self._steps_at_start, self._epochs_at_start = self.state.optimizer_steps, self.state.epoch
         self._started = time.perf_counter()
         self._epoch_began = self._started
@@ -124,17 +138,16 @@ class Trainer:
         gc.collect()
         self.accelerator.end_training()  # trackers finish, the process group is destroyed
 
-    def _resume(self, path: Path, saved: dict) -> None:
+    def _resume(self, path: Path, saved: TrainState) -> None:
         """Continue from a checkpoint folder and its trainer state (read and checked before any work)."""
-        if saved["total_steps"] != self.state.total_steps:
+        if saved.total_steps != self.state.total_steps:
             raise CheckpointError(
-                f"checkpoint {path} belongs to a schedule of {saved['total_steps']} optimizer steps, but this config gives "
+                f"checkpoint {path} belongs to a schedule of {saved.total_steps} optimizer steps, but this config gives "
                 f"{self.state.total_steps} (epochs, batch size, processes or accumulation changed). Use a new output_dir."
             )
         self.accelerator.load_state(str(path))
-        self.state = TrainState(**{**saved, "config": self.state.config})  # with the changes the resume applied
-        self.state.resumed += 1
-        self.stopper = EarlyStopping(**saved["early_stopping"])
+        self.state = replace(saved, config=self.state.config, resumed=saved.resumed + 1)  # with the changes the resume applied
+        self.stopper = EarlyStopping(**saved.early_stopping)
 
     @property
     def epochs(self) -> int:
@@ -305,11 +318,15 @@ class Trainer:
         limit = self.cfg.trainer.stop_after_epochs
         return limit is not None and state.epoch - self._epochs_at_start >= limit and state.epoch < self.epochs and not state.stopped_early
 
+    def _clock_in(self, state: TrainState) -> None:
+        state.wall_seconds = self._wall_before + time.perf_counter() - self._started
+        state.process_seconds = self._process_before + time.time() - psutil.Process().create_time()
+
     def _save(self, links: list[str]) -> None:
         self._check_finite(weights_too=True)  # never a checkpoint (least of all `best`) of NaN weights
         state = self.state
         state.early_stopping = self.stopper.state_dict()
-        state.wall_seconds = self._wall_before + time.perf_counter() - self._started
+        self._clock_in(state)
         self.store.save(self.accelerator, asdict(state), links)
 
     def _test(self) -> tuple[float | None, float | None]:
@@ -323,7 +340,7 @@ class Trainer:
     def _finish(self, completed: bool, diverged: bool = False) -> RunSummary:
         state = self.state
         test_loss, test_acc = self._test() if completed else (None, None)
-        state.wall_seconds = self._wall_before + time.perf_counter() - self._started
+        self._clock_in(state)
         history = [EpochRecord.from_dict(r) for r in state.history]
         val_losses = [r.val_loss for r in history if r.val_loss is not None]
         val_accs = [r.val_acc for r in history if r.val_acc is not None]
@@ -338,6 +355,7 @@ class Trainer:
             stopped_early=state.stopped_early, resumed=state.resumed > 0, times_resumed=state.resumed,
             mixed_precision=self.accelerator.mixed_precision, compiled=is_compiled_module(self.model),
             channels_last=self.cfg.trainer.channels_last, device=self.accelerator.device.type, wall_seconds=round(state.wall_seconds, 3),
+            process_seconds=round(state.process_seconds, 3),
             train_images_per_second=state.train_images / state.train_seconds if state.train_seconds else None,
             wandb_run_id=self.tracking.run_id, wandb_mode=self.tracking.mode, run_dir=str(self.run_dir.path),
         )  # fmt: skip
