@@ -21,9 +21,33 @@ def test_digits_split_is_seeded_disjoint_and_complete():
     assert not torch.equal(a.val.indices, other.val.indices)
 
 
-def test_limit_train_uses_the_first_images():
+def test_limit_train_is_a_seeded_stratified_random_subset():
+    full = build_data(DataConfig(name="digits", val_fraction=0.0)).train.raw
     bundle = build_data(DataConfig(name="digits", limit_train=300, val_fraction=0.1))
     assert len(bundle.train) + len(bundle.val) == 300
+    kept = bundle.train.raw
+    assert not torch.equal(kept.images, full.images[:300])  # not the first rows
+    share = torch.bincount(kept.labels, minlength=10) / 300
+    assert torch.allclose(share, torch.bincount(full.labels, minlength=10) / len(full.labels), atol=0.01)  # each class's share kept
+    again = build_data(DataConfig(name="digits", limit_train=300, val_fraction=0.1)).train.raw
+    assert torch.equal(again.images, kept.images)
+    other = build_data(DataConfig(name="digits", limit_train=300, val_fraction=0.1, split_seed=1)).train.raw
+    assert not torch.equal(other.images, kept.images)
+
+
+def test_limit_train_on_a_folder_listed_class_by_class_keeps_both_classes(tmp_path):
+    make_folder(tmp_path, {"cats": 30, "dogs": 30})  # ImageFolder lists every cat before the first dog
+    bundle = build_data(DataConfig(name="imagefolder", root=tmp_path, limit_train=20, val_fraction=0.25, image_size=16))
+    assert len(bundle.train) == 15 and len(bundle.val) == 5
+    assert {bundle.train[i][1] for i in range(15)} == {0, 1} and {bundle.val[i][1] for i in range(5)} == {0, 1}
+
+
+def test_a_training_split_without_classes_the_others_have_is_warned(capsys):
+    build_data(DataConfig(name="digits", limit_train=5, val_fraction=0.2))
+    warning = capsys.readouterr().err
+    assert "digits's training split has no sample of class(es)" in warning and "its test split has" in warning
+    build_data(DataConfig(name="digits", limit_train=500))
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_augmentation_only_on_training_batches():

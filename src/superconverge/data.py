@@ -293,6 +293,32 @@ def _load_fake(cfg: DataConfig, train: bool) -> RawImages:
     return RawImages(images, labels)
 
 
+def limited(labels: torch.Tensor | None, n: int, limit: int | None, seed: int) -> list[int]:
+    """The rows ``data.limit_train`` keeps: a seeded random subset, stratified where the labels are known
+    (scikit-learn's split keeps each class's share); all rows when there is no limit."""
+    if not limit or limit >= n:
+        return list(range(n))
+    if labels is not None:
+        from sklearn.model_selection import train_test_split
+
+        try:
+            keep, _ = train_test_split(np.arange(n), train_size=limit, stratify=labels.numpy(), random_state=seed)
+            return sorted(keep.tolist())
+        except ValueError:
+            pass  # too few rows for every class (or a class of one): a plain random subset
+    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+
+
+def warn_missing_classes(name: str, train: torch.Tensor, **others: torch.Tensor | None) -> None:
+    """A training split without classes that validation or test have (a small data.limit_train, a skewed split)."""
+    have = set(train.unique().tolist())
+    for split, labels in others.items():
+        missing = sorted(set(labels.unique().tolist()) - have) if labels is not None and len(labels) else []
+        if missing and os.environ.get("RANK", "0") == "0":
+            print(f"superconverge: warning: {name}'s training split has no sample of class(es) {missing[:10]} that its {split} "
+                  "split has (raise data.limit_train, or check the data)", file=sys.stderr, flush=True)  # fmt: skip
+
+
 def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = int(round(n * val_fraction))
@@ -328,12 +354,14 @@ def _stats(cfg: DataConfig, images: torch.Tensor | None, channels: int):
 def _tensor_bundle(cfg: DataConfig, load: Callable[[DataConfig, bool], RawImages], flip: bool) -> DataBundle:
     train_raw, test_raw = load(cfg, True), load(cfg, False)
     if cfg.limit_train:
-        train_raw = RawImages(train_raw.images[: cfg.limit_train], train_raw.labels[: cfg.limit_train])
+        keep = torch.tensor(limited(train_raw.labels, len(train_raw.labels), cfg.limit_train, cfg.split_seed))
+        train_raw = RawImages(train_raw.images[keep], train_raw.labels[keep])
     channels, size = train_raw.images.shape[1], cfg.image_size or train_raw.images.shape[-1]
     mean, std = _stats(cfg, train_raw.images, channels)
     augment = dict(crop_padding=_crop_padding(cfg, size), flip=flip) if cfg.augment else {}
     train_idx, val_idx = _split_indices(len(train_raw.labels), cfg.val_fraction, cfg.split_seed)
     num_classes = int(max(train_raw.labels.max(), test_raw.labels.max())) + 1
+    warn_missing_classes(cfg.name, train_raw.labels[train_idx], validation=train_raw.labels[val_idx], test=test_raw.labels)
     return DataBundle(
         train=TensorImageDataset(train_raw, torch.tensor(train_idx)),
         val=TensorImageDataset(train_raw, torch.tensor(val_idx)) if val_idx else None,
@@ -388,8 +416,13 @@ def imagefolder(cfg: DataConfig) -> DataBundle:
     val_dir_set = _image_folder(val_dir, cfg.bad_images) if val_dir else None
     test = _image_folder(root / "test", cfg.bad_images) if has_splits and (root / "test").is_dir() else None
     size = cfg.image_size or 224
-    n_train = min(len(full), cfg.limit_train or len(full))
-    train_idx, val_idx = _split_indices(n_train, 0.0 if val_dir_set else cfg.val_fraction, cfg.split_seed)
+    targets = torch.tensor(full.targets)
+    keep = limited(targets, len(full), cfg.limit_train, cfg.split_seed)
+    train_pos, val_pos = _split_indices(len(keep), 0.0 if val_dir_set else cfg.val_fraction, cfg.split_seed)
+    train_idx, val_idx = [keep[i] for i in train_pos], [keep[i] for i in val_pos]
+    val_labels = torch.tensor(val_dir_set.targets) if val_dir_set is not None else targets[val_idx]
+    test_labels = torch.tensor(test.targets) if test is not None else None
+    warn_missing_classes("imagefolder", targets[train_idx], validation=val_labels, test=test_labels)
     channels = 3
     mean, std = _stats(cfg, None, channels)
     sized = cfg.model_copy(update={"image_size": size})
@@ -465,7 +498,7 @@ def user_bundle(cfg: DataConfig, found: object) -> DataBundle:
     if not isinstance(first, tuple | list) or len(first) != 2:
         raise DataError(f"data.name: {cfg.name}'s train[0] is {_describe(first)}, expected an (input, target) pair")
     if cfg.limit_train:
-        train = Subset(train, range(min(cfg.limit_train, len(train))))
+        train = Subset(train, limited(None, len(train), cfg.limit_train, cfg.split_seed))  # labels unknown: random
     val = splits["val"]
     if val is None and cfg.val_fraction:
         train_idx, val_idx = _split_indices(len(train), cfg.val_fraction, cfg.split_seed)
