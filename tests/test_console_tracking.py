@@ -101,11 +101,11 @@ def test_terminal_shows_the_live_display(digits_args, tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["completed"]
 
 
-def test_unreachable_wandb_server_falls_back_to_offline_within_the_timeout(digits_args, tmp_path):
-    env = {**OFFLINE, "WANDB_API_KEY": "a" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
+def test_a_wandb_server_that_refuses_falls_back_to_offline_at_once(digits_args, tmp_path):
+    env = {**OFFLINE, "WANDB_API_KEY": "a" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}  # port 9: connection refused
     started = time.monotonic()
-    proc = run(digits_args("trainer.epochs=1", "tracking.wandb.init_timeout_seconds=5", "tracking.wandb.log_every_steps=5"), env=env)
-    assert time.monotonic() - started < 60, "the wait for W&B must be bounded by init_timeout_seconds"
+    proc = run(digits_args("trainer.epochs=1", "tracking.wandb.init_timeout_seconds=60", "tracking.wandb.log_every_steps=5"), env=env)
+    assert time.monotonic() - started < 45, "a refused connection must not cost the whole init_timeout_seconds"
     assert proc.stderr.count("W&B server not reachable") == 1 and "logging offline" in proc.stderr, proc.stderr[-3000:]
     info = summary(tmp_path / "run")
     assert info["completed"] and info["wandb_mode"] == "offline"

@@ -5,11 +5,13 @@ from __future__ import annotations
 import netrc
 import os
 import secrets
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
+from urllib.request import getproxies
 
 from accelerate import Accelerator
 
@@ -123,6 +125,8 @@ def start_tracking(cfg: Config, accelerator: Accelerator) -> Tracking:
     if mode == "offline" and cfg.tracking.wandb.mode == "online" and accelerator.is_main_process:
         warn(f"no W&B API key found: logging offline to {run_dir / 'wandb'} (upload later with `wandb sync {run_dir / 'wandb'}`)")
     try:
+        if mode == "online" and accelerator.is_main_process:
+            _probe_server(cfg.tracking.wandb.init_timeout_seconds)
         _init_wandb(cfg, accelerator, run_id, mode)
     except Exception as exc:  # noqa: BLE001 - a network or W&B failure never stops training
         mode = _fall_back(cfg, accelerator, run_id, mode, exc)  # main process only: no collective in here
@@ -148,6 +152,16 @@ def _fall_back(cfg: Config, accelerator: Accelerator, run_id: str, mode: str, ex
             accelerator.trackers, exc = [], offline_exc
     warn(f"W&B could not start ({type(exc).__name__}: {_one_line(exc)}); training goes on without it")
     return "disabled"
+
+
+def _probe_server(timeout: float) -> None:
+    """One TCP connection to the W&B server: refused, unresolvable or silent is known in at most a few seconds,
+    where wandb.init would wait its whole init_timeout (wandb has no such check of its own)."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    if url.scheme in getproxies():
+        return  # through a proxy a direct connection proves nothing; wandb.init's own timeout bounds the wait
+    port = url.port or (443 if url.scheme == "https" else 80)
+    socket.create_connection((url.hostname, port), timeout=min(timeout, 5.0)).close()
 
 
 def _one_line(exc: Exception) -> str:
