@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -49,12 +50,52 @@ class RunLock:
             self.handle.close()
 
 
+class StepTrace:
+    """Every optimizer step's LR and momentum, appended to ``lr_trace.tsv`` just before each checkpoint.
+
+    Kept out of the checkpoint, which would otherwise grow by a step's numbers every step and be
+    rewritten whole at every save (O(steps) a save, O(steps^2) a run). ``start`` cuts the file back to
+    the checkpoint's step count, so lines appended before a checkpoint that never landed are dropped.
+    """
+
+    def __init__(self, path: Path, is_main: bool) -> None:
+        self.path, self.is_main, self.pending = path, is_main, []
+
+    def start(self, steps: int, carried: list[tuple[float, float]] | None = None) -> None:
+        """Continue after ``steps`` optimizer steps (0: a new run); ``carried``: an older checkpoint's own trace."""
+        if not self.is_main:
+            return
+        lines = self.path.read_text().splitlines()[:steps] if self.path.is_file() and steps else []
+        lines = [f"{lr!r}\t{momentum!r}" for lr, momentum in carried] if carried else lines
+        if len(lines) != steps:
+            print(f"superconverge: warning: {self.path} holds {len(lines)} of the {steps} steps before this checkpoint; "
+                  "lr_trace.json will lack them", file=sys.stderr, flush=True)  # fmt: skip
+        self.path.write_text("".join(line + "\n" for line in lines))
+
+    def record(self, lr: float, momentum: float) -> None:
+        self.pending.append((lr, momentum))
+
+    def flush(self) -> None:
+        if self.is_main and self.pending:
+            with open(self.path, "a") as handle:
+                handle.write("".join(f"{lr!r}\t{momentum!r}\n" for lr, momentum in self.pending))
+        self.pending = []
+
+    def read(self) -> tuple[list[float], list[float]]:
+        self.flush()
+        if not self.is_main:
+            return [], []
+        rows = [line.split("\t") for line in self.path.read_text().splitlines()]
+        return [float(lr) for lr, _ in rows], [float(momentum) for _, momentum in rows]
+
+
 class RunDir:
     """``config.yaml``, ``metrics.jsonl``, ``lr_trace.json``, ``summary.json``, the checkpoints, and the lock."""
 
     def __init__(self, path: Path, is_main: bool, lock: RunLock | None = None) -> None:
         self.path, self.is_main, self.lock = Path(path), is_main, lock
         self.checkpoints = CheckpointStore(self.path / "checkpoints")
+        self.trace = StepTrace(self.path / "lr_trace.tsv", is_main)
 
     @classmethod
     def open(cls, cfg: Config, accelerator: Accelerator) -> RunDir:

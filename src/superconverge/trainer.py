@@ -49,6 +49,7 @@ class TrainState:
     train_totals: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     early_stopping: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    # Only in checkpoints made before the trace moved to the run directory's lr_trace.tsv (StepTrace).
     lr_trace: list[float] = field(default_factory=list)
     momentum_trace: list[float] = field(default_factory=list)
     stopped_early: bool = False
@@ -127,6 +128,11 @@ class Trainer:
         if resume is not None:
             self._resume(*resume)
         self._wall_before, self._process_before = self.state.wall_seconds, self.state.process_seconds
+        carried = list(zip(self.state.lr_trace, self.state.momentum_trace, strict=True)) or None
+        self.state.lr_trace, self.state.momentum_trace = [], []
+        self.trace = ctx.run_dir.trace
+        self.trace.start(self.state.optimizer_steps, carried)
+        self.last_lr: float | None = None
         self._steps_at_start, self._epochs_at_start = self.state.optimizer_steps, self.state.epoch
         self._started = time.perf_counter()
         self._epoch_began = self._started
@@ -232,8 +238,8 @@ class Trainer:
 
     def _after_optimizer_step(self) -> None:
         # Recorded before stepping: the LR and momentum the optimizer step just used.
-        self.state.lr_trace.append(float(self.optimizer.param_groups[0]["lr"]))
-        self.state.momentum_trace.append(current_momentum(self.optimizer))
+        self.last_lr = float(self.optimizer.param_groups[0]["lr"])
+        self.trace.record(self.last_lr, current_momentum(self.optimizer))
         # Stepped on every optimizer step, skipped fp16 steps included, so the cycle's length is exact.
         self.scheduler.step()
         self.state.optimizer_steps += 1
@@ -300,7 +306,7 @@ class Trainer:
         val_loss, val_acc, val_count = self.evaluate(self.val_loader, "validation")
         record = EpochRecord(epoch=state.epoch + 1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
                              train_samples=int(state.train_totals[2]), val_samples=val_count,
-                             lr=state.lr_trace[-1] if state.lr_trace else None, optimizer_steps=state.optimizer_steps)  # fmt: skip
+                             lr=self.last_lr, optimizer_steps=state.optimizer_steps)  # fmt: skip
         # Without a validation split the training metric of the same name decides.
         monitored = {"val_acc": val_acc, "val_loss": val_loss} if val_loss is not None else {"val_acc": train_acc, "val_loss": train_loss}
         record.best = self.stopper.update(monitored[self.stopper.metric], state.epoch + 1)
@@ -327,6 +333,7 @@ class Trainer:
         state = self.state
         state.early_stopping = self.stopper.state_dict()
         self._clock_in(state)
+        self.trace.flush()  # before the checkpoint: a resume cuts the file back to the checkpoint's steps
         self.store.save(self.accelerator, asdict(state), links)
 
     def _test(self) -> tuple[float | None, float | None]:
@@ -340,6 +347,7 @@ class Trainer:
     def _finish(self, completed: bool, diverged: bool = False) -> RunSummary:
         state = self.state
         test_loss, test_acc = self._test() if completed else (None, None)
+        lrs, momentums = self.trace.read()
         self._clock_in(state)
         history = [EpochRecord.from_dict(r) for r in state.history]
         val_losses = [r.val_loss for r in history if r.val_loss is not None]
@@ -349,7 +357,7 @@ class Trainer:
             global_batch_size=self.cfg.global_batch_size(self.accelerator.num_processes), max_lr=state.max_lr,
             max_lr_per_group=self.max_lr_per_group, lr_policy=state.lr_policy, lr_finder_seconds=round(state.lr_finder_seconds, 3),
             lr_suggestions=state.lr_suggestions, optimizer_steps=state.optimizer_steps, total_optimizer_steps=state.total_steps,
-            final_lr=state.lr_trace[-1] if state.lr_trace else None, epochs_completed=state.epoch, best_epoch=self.stopper.best_epoch,
+            final_lr=lrs[-1] if lrs else self.last_lr, epochs_completed=state.epoch, best_epoch=self.stopper.best_epoch,
             monitor=self.stopper.metric, best_val_loss=min(val_losses) if val_losses else None,
             best_val_acc=max(val_accs) if val_accs else None, test_loss=test_loss, test_acc=test_acc,
             stopped_early=state.stopped_early, resumed=state.resumed > 0, times_resumed=state.resumed,
@@ -362,7 +370,7 @@ class Trainer:
         keys = ("best_val_loss", "best_val_acc", "test_loss", "test_acc", "max_lr", "lr_policy", "optimizer_steps", "epochs_completed",
                 "stopped_early")  # fmt: skip
         self.tracking.summarize({k: getattr(summary, k) for k in keys})
-        self.run_dir.write_lr_trace({"total_steps": state.total_steps, "lr": state.lr_trace, "momentum": state.momentum_trace})
+        self.run_dir.write_lr_trace({"total_steps": state.total_steps, "lr": lrs, "momentum": momentums})
         self.run_dir.write_summary(asdict(summary))
         self.console.finish(summary, self.tracking.describe())
         self.accelerator.wait_for_everyone()
