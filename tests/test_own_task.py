@@ -132,3 +132,11 @@ def test_builtin_data_sets_take_no_kwargs():
 
     with pytest.raises(DataError, match="data.kwargs: the built-in data set 'digits'"):
         build_data(load_config(None, ["data.name=digits", "data.kwargs.x=1"]).data)
+
+
+@pytest.mark.parametrize("kind", ["MODELS", "DATASETS", "LOSSES", "OPTIMIZERS"])
+def test_every_registered_name_has_its_builder(kind):
+    from superconverge import registry
+
+    table = getattr(registry, kind)
+    assert table and all(callable(registry.resolve(kind, name, table)) for name in table)

@@ -86,3 +86,10 @@ def test_a_pretrained_backbone_keeps_its_lr_ratio_in_the_range_test_and_the_cycl
     restored = torch.load(tmp_path / "reports" / "weights_after_range_test0.pt", weights_only=True)
     body = [k for k in weights if not k.startswith("classifier.")]
     assert all(torch.equal(restored["1." + k], weights[k]) for k in body)  # "1.": behind the grey-to-RGB stem
+
+
+def test_a_timm_model_trains_with_its_classifier_as_the_head(digits_args, tmp_path):
+    run(digits_args(*FAST, "model.name=timm/resnet10t", "data.image_size=32", "trainer.epochs=1", "optimizer.backbone_lr_ratio=0.5"))
+    info = summary(tmp_path / "run")
+    assert info["completed"] and info["lr_policy"] == "floor_edge"
+    assert info["max_lr_per_group"] == pytest.approx([info["max_lr"], 0.5 * info["max_lr"]])  # timm's fc, then the rest

@@ -82,7 +82,7 @@ class LossConfig(Section):
 
 
 class OptimizerConfig(Section):
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    name: str = "adamw"  # registry.OPTIMIZERS
     weight_decay: NonNegativeFloat = 0.01
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = False
@@ -91,6 +91,13 @@ class OptimizerConfig(Section):
     decay_norm_and_bias: bool = True  # weight decay on normalisation weights and biases too (fastai, nanoGPT, airbench: off)
     # Every parameter outside the model's head at this fraction of the head's LR (fastai's discriminative rates).
     backbone_lr_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        if name not in registry.OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(registry.OPTIMIZERS)}")
+        return name
 
 
 class ScheduleConfig(Section):

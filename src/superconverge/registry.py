@@ -33,6 +33,11 @@ DATASETS = {
 LOSSES = {
     "cross_entropy": "superconverge.task:cross_entropy",
 }
+OPTIMIZERS = {  # built-ins only: each is called as builder(param_groups, lr, OptimizerConfig)
+    "adamw": "superconverge.schedule:adamw",
+    "adam": "superconverge.schedule:adam",
+    "sgd": "superconverge.schedule:sgd",
+}
 TIMM_PREFIX = "timm/"
 
 

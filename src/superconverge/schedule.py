@@ -7,6 +7,7 @@ import math
 import torch
 from torch.optim.lr_scheduler import OneCycleLR
 
+from superconverge import registry
 from superconverge.config import OptimizerConfig, ScheduleConfig
 
 LR_SCALE = "lr_scale"  # a param group's LR as a fraction of the head's (group 0, always 1)
@@ -36,10 +37,20 @@ def build_optimizer(cfg: OptimizerConfig, model: torch.nn.Module, lr: float, hea
     groups = param_groups(cfg, model, head)
     for group in groups:
         group["lr"] = lr * group[LR_SCALE]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return registry.resolve("optimizer.name", cfg.name, registry.OPTIMIZERS)(groups, lr, cfg)
+
+
+# The builders registered in registry.OPTIMIZERS (per-group weight decay is in the groups).
+def adamw(groups: list[dict], lr: float, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def adam(groups: list[dict], lr: float, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def sgd(groups: list[dict], lr: float, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
 
 
 def follow_head_lr(optimizer: torch.optim.Optimizer) -> None:
