@@ -113,3 +113,60 @@ def test_multi_node_script_under_slurm_preempts_and_requeues(cluster, tmp_path):
     result = summary(run_dir)
     assert result["completed"] and result["resumed"] and result["world_size"] == 2
     assert [r["epoch"] for r in history(run_dir)] == list(range(1, 41))
+
+
+STALLING_DATA = """
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import TensorDataset
+
+
+def build(root, marker):
+    if os.environ.get("GROUP_RANK") == "1":  # machine rank 1 stalls in data loading until it is killed
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(600)
+    inputs = torch.randn(256, 4, generator=torch.Generator().manual_seed(0))
+    return {"train": TensorDataset(inputs, (inputs[:, 0] > 0).long()), "num_classes": 2}
+
+
+def net(num_classes, in_channels):
+    return torch.nn.Linear(in_channels, num_classes)
+"""
+
+
+def test_a_node_that_dies_before_training_stops_the_others_naming_it(tmp_path):
+    """Machine rank 1 dies in data loading (both its processes SIGKILLed): rank 0, waiting for it to join the
+    process group, would wait trainer.collective_timeout_minutes; the heartbeat stops it naming the node."""
+    import psutil
+    from conftest import free_port
+
+    (tmp_path / "stalling.py").write_text(STALLING_DATA)
+    marker = tmp_path / "rank1_loading"
+    env = {**os.environ, **JOB_ENV, "SLURM_NNODES": "2", "HEAD_NODE": "127.0.0.1", "MAIN_PORT": str(free_port()),
+           "RUN_DIR": str(tmp_path / "run"), "NPROC_PER_NODE": "1", "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
+           "PYTHONPATH": str(tmp_path)}  # fmt: skip
+    args = ["bash", "slurm/launch_node.sh", *DIGITS[1:], "data.name=stalling:build", f"data.kwargs.marker={marker}",
+            "model.name=stalling:net", "schedule.max_lr=0.01", "trainer.heartbeat_timeout_seconds=10"]  # fmt: skip
+    machines = [subprocess.Popen(args, cwd=ROOT, env={**env, "SLURM_NODEID": str(rank)}, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), "machine rank 1 never reached its data loading"
+        for process in psutil.Process(machines[1].pid).children(recursive=True):  # the node dies: launcher and rank
+            process.kill()
+        killed = time.monotonic()
+        output = machines[0].communicate(timeout=90)[0]
+        assert time.monotonic() - killed < 60, "machine rank 0 must not wait collective_timeout_minutes for a dead node"
+        assert machines[0].returncode != 0
+        assert "superconverge: error: machine rank 1 (host" in output and "has not answered for 10 s" in output, output[-3000:]
+    finally:
+        for machine in machines:  # the whole tree: a rank left alive would hold the pipe open
+            for process in psutil.Process(machine.pid).children(recursive=True) if machine.poll() is None else []:
+                process.kill()
+            machine.kill()
+            machine.communicate(timeout=30)

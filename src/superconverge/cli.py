@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import shutil
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, To
 from superconverge.checkpoint import check_fits, resolve_resume, validate_checkpoint
 from superconverge.config import MOOT_ON_RESUME, Config, ConfigError, describe_changes, load_config, resume_changes
 from superconverge.console import RunConsole
-from superconverge.errors import UserError
+from superconverge.errors import UserError, report_error
 from superconverge.lr_finder import MaxLRChoice, RangeTestResult, find_max_lr
 from superconverge.registry import importable_working_directory
 from superconverge.run_dir import RunDir
@@ -86,11 +84,16 @@ def make_accelerator(cfg: Config) -> Accelerator:
     )
 
 
-def prepare_inputs(argv: list[str] | None, forced: tuple[str, ...] = ()) -> tuple[Config, Task]:
-    """Config and task (data, model, loss), validated identically on every rank."""
+def prepare_inputs(argv: list[str] | None, forced: tuple[str, ...] = (), stop: StopSignals | None = None) -> tuple[Config, Task]:
+    """Config and task (data, model, loss), validated identically on every rank.
+
+    With ``stop``, a multi-node job watches its other nodes from here on, data loading included.
+    """
     args = parse_args(argv)
     importable_working_directory()  # the user's own modules, as `python -m` makes them importable
     cfg = load_config(args.config, [*args.overrides, *forced])
+    if stop is not None:
+        stop.watch_peer_nodes(cfg.trainer.heartbeat_timeout_seconds)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
     check_compiler(cfg)
@@ -167,7 +170,7 @@ def build_trainer(argv: list[str] | None, stop: StopSignals) -> Trainer:
 
     ``stop`` is already installed: a signal in any stage ends the run at the next stage boundary.
     """
-    cfg, task = prepare_inputs(argv)
+    cfg, task = prepare_inputs(argv, stop=stop)
     stop.orphan_grace_seconds = cfg.trainer.orphan_grace_seconds
     accelerator = make_accelerator(cfg)
     run_dir = RunDir.open(cfg, accelerator)
@@ -231,21 +234,6 @@ def main(argv: list[str] | None = None) -> int:
             report_error(f"superconverge: error: no space left on the device of {exc.filename or 'the run directory'}: free some "
                          "space and rerun to resume from the last checkpoint")  # fmt: skip
             return 2
-
-
-def report_error(message: str) -> None:
-    """The clean message on stderr and, under ``accelerate launch``, as the launcher's "Root Cause".
-
-    torchelastic ends a failed job with its own traceback and a summary of failed ranks; a rank's
-    error file (the path it passes in TORCHELASTIC_ERROR_FILE) is what that summary shows, so the
-    message is also the last thing a user reads there.
-    """
-    rank = os.environ.get("RANK")
-    print(f"{'' if rank in (None, '0') else f'[rank {rank}] '}{message}", file=sys.stderr, flush=True)
-    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if error_file:
-        Path(error_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(error_file).write_text(json.dumps({"message": message, "timestamp": int(time.time())}))
 
 
 def lr_find_main(argv: list[str] | None = None) -> int:

@@ -158,6 +158,7 @@ class TrainerConfig(Section):
     preemption_check_steps: PositiveInt = 10  # how often ranks agree on a SIGUSR1/SIGTERM (one all-reduce)
     collective_timeout_minutes: PositiveInt = 120  # ranks wait this long for one another in a collective
     orphan_grace_seconds: PositiveFloat = 120.0  # a rank whose launcher died exits hard if it cannot checkpoint by then
+    heartbeat_timeout_seconds: PositiveFloat = 300.0  # multi-node: a node silent this long is gone, and the others stop
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -305,7 +306,8 @@ RESUMABLE_KEYS = MOOT_ON_RESUME + (
     "output_dir", "console.", "tracking.", "data.num_workers", "data.mirror", "model.weights_mirror", "trainer.resume",
     "trainer.stop_after_epochs",
     "trainer.stop_after_steps", "trainer.checkpoint_every_steps", "trainer.preemption_check_steps",
-    "trainer.collective_timeout_minutes", "trainer.orphan_grace_seconds", "trainer.compile", "trainer.compile_mode",
+    "trainer.collective_timeout_minutes", "trainer.orphan_grace_seconds", "trainer.heartbeat_timeout_seconds",
+    "trainer.compile", "trainer.compile_mode",
     "trainer.channels_last", "trainer.deterministic",
 )  # fmt: skip
 

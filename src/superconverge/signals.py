@@ -18,16 +18,21 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
+import time
+from datetime import timedelta
 
 from accelerate import Accelerator
 
 from superconverge.checkpoint import REQUEUE_EXIT_CODE
+from superconverge.errors import report_error
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 INTERRUPT_EXIT_CODE = 130  # the shell's code for Ctrl-C: a person stopped it, nothing requeues it
 ORPHAN_EXIT_CODE = 70  # EX_SOFTWARE: nobody waits for an orphan's status; it is for the record
+PEER_LOST_EXIT_CODE = 69  # EX_UNAVAILABLE: another node of the job is gone
 
 
 def under_launcher() -> bool:
@@ -76,6 +81,11 @@ class StopSignals:
         if self.signals_seen > 1:
             os._exit(128 + signum)  # a second signal: stop now (the last checkpoint stays whole)
 
+    def watch_peer_nodes(self, timeout_seconds: float, interval_seconds: float = 2.0) -> None:
+        """On a multi-node job, stop this node when another one stops answering (see NodeHeartbeat)."""
+        if NodeHeartbeat.wanted():
+            NodeHeartbeat(timeout_seconds, interval_seconds, self._closed).start()
+
     def _request(self, reason: str) -> None:
         self.signals_seen += 1
         self.reason = self.reason or reason
@@ -100,3 +110,63 @@ class StopSignals:
         if self.requested:
             accelerator.set_trigger()
         return accelerator.check_trigger()
+
+
+class NodeHeartbeat:
+    """A node that dies before its peers' collectives can fail leaves them waiting for
+    ``trainer.collective_timeout_minutes``: a rendezvous, a broadcast or a range-test all-reduce
+    that never completes. So each node's local rank 0 bumps a counter of its own in the rendezvous
+    store (served by node rank 0's launcher from before any worker starts) every few seconds, from a
+    thread that runs whatever the main thread waits on, and reads the others'. A counter that has not
+    moved for ``timeout`` seconds (or a store that has not answered for as long) names the node that
+    is gone, and this node exits; its launcher then stops its other ranks. torchelastic's own health
+    checks watch its agents, not a job whose agents are alive but whose ranks wait forever.
+    """
+
+    def __init__(self, timeout: float, interval: float, closed: threading.Event) -> None:
+        self.timeout, self.interval, self.closed = timeout, interval, closed
+        self.node, self.nodes = int(os.environ["GROUP_RANK"]), int(os.environ["GROUP_WORLD_SIZE"])
+        run = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        self.prefix = f"superconverge/heartbeat/{run}"
+
+    @staticmethod
+    def wanted() -> bool:
+        """More than one node, this process is its node's first, and node rank 0's launcher serves the store."""
+        env = os.environ
+        return under_launcher() and int(env.get("GROUP_WORLD_SIZE", "1")) > 1 and env.get("LOCAL_RANK") == "0" and \
+            env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # fmt: skip
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="superconverge-node-heartbeat", daemon=True).start()
+
+    def _run(self) -> None:
+        from torch.distributed import TCPStore
+
+        heard = {node: (-1, time.monotonic()) for node in range(self.nodes) if node != self.node}
+        store_heard, store = time.monotonic(), None
+        while not self.closed.wait(self.interval):
+            try:
+                store = store or TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                          timeout=timedelta(seconds=max(5.0, self.interval)))  # fmt: skip
+                store.add(f"{self.prefix}/{self.node}", 1)
+                store.set(f"{self.prefix}/host/{self.node}", socket.gethostname())
+                counts = {node: store.add(f"{self.prefix}/{node}", 0) for node in heard}  # add 0: read without waiting
+                store_heard = now = time.monotonic()
+            except Exception:  # noqa: BLE001 - the store (node rank 0's launcher) not answering
+                store = None
+                if time.monotonic() - store_heard > self.timeout and not self.closed.is_set():
+                    self._lost(f"the rendezvous store at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} (machine rank 0's "
+                               f"launcher) has not answered for {self.timeout:.0f} s")  # fmt: skip
+                continue
+            for node, count in counts.items():
+                if count != heard[node][0]:
+                    heard[node] = (count, now)
+                elif now - heard[node][1] > self.timeout and not self.closed.is_set():
+                    host = store.get(f"{self.prefix}/host/{node}").decode() if store.check([f"{self.prefix}/host/{node}"]) else "?"
+                    self._lost(f"machine rank {node} (host {host}) has not answered for {self.timeout:.0f} s "
+                               "(trainer.heartbeat_timeout_seconds): its launcher or its node is gone")  # fmt: skip
+
+    @staticmethod
+    def _lost(what: str) -> None:
+        report_error(f"superconverge: error: {what}. Stopping this node too; rerunning the job continues from the last checkpoint")
+        os._exit(PEER_LOST_EXIT_CODE)
