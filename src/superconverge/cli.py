@@ -25,7 +25,6 @@ from superconverge.config import MOOT_ON_RESUME, Config, ConfigError, describe_c
 from superconverge.console import RunConsole
 from superconverge.errors import UserError, report_error
 from superconverge.lr_finder import MaxLRChoice, RangeTestResult, find_max_lr
-from superconverge.registry import importable_working_directory
 from superconverge.run_dir import RunDir
 from superconverge.signals import StopSignals
 from superconverge.task import Task, build_task
@@ -90,7 +89,6 @@ def prepare_inputs(argv: list[str] | None, forced: tuple[str, ...] = (), stop: S
     With ``stop``, a multi-node job watches its other nodes from here on, data loading included.
     """
     args = parse_args(argv)
-    importable_working_directory()  # the user's own modules, as `python -m` makes them importable
     cfg = load_config(args.config, [*args.overrides, *forced])
     if stop is not None:
         stop.watch_peer_nodes(cfg.trainer.heartbeat_timeout_seconds)

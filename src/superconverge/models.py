@@ -123,9 +123,8 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_compatible(model: nn.Module, state: dict[str, torch.Tensor], source: str, head_name: str | None = "") -> None:
-    """Load weights; a classifier head of another size is left freshly initialised (``head_name`` None: no head to skip)."""
-    head_name = _head(model)[0] if head_name == "" else head_name
+def load_compatible(model: nn.Module, state: dict[str, torch.Tensor], source: str, head_name: str | None) -> None:
+    """Load weights; a head (``head_name``) of another size is left freshly initialised (None: no head to skip)."""
     own = model.state_dict()
     skipped = {k for k, v in state.items() if head_name and k in own and own[k].shape != v.shape and k.startswith(head_name + ".")}
     state = {k: v for k, v in state.items() if k not in skipped}
@@ -187,21 +186,22 @@ def _from_factory(cfg: ModelConfig, num_classes: int, in_channels: int) -> Built
         raise ModelError(f"model.name: {cfg.name} returned a {type(module).__name__}, expected a torch.nn.Module")
     if cfg.pretrained:
         raise ModelError(f"model.pretrained: model '{cfg.name}' has no published weights; use model.weights_file")
-    if cfg.weights_file is not None:
-        head_name = cfg.head if registry.is_import_path(cfg.name) else ""  # "": the built-in's classifier
-        load_compatible(module, _read_weights_file(Path(cfg.weights_file)), str(cfg.weights_file), head_name)
     # A user's head is named by model.head; the built-ins' is their classifier.
-    return BuiltModel(module, None if registry.is_import_path(cfg.name) else _head(module)[1])
+    head_name, head = (cfg.head, None) if registry.is_import_path(cfg.name) else _head(module)
+    if cfg.weights_file is not None:
+        load_compatible(module, _read_weights_file(Path(cfg.weights_file)), str(cfg.weights_file), head_name)
+    return BuiltModel(module, head)
 
 
 def _torchvision_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> BuiltModel:
     model = torchvision.models.get_model(cfg.name, weights=None, **cfg.kwargs)
     if cfg.pretrained:
-        load_compatible(model, _torchvision_pretrained(cfg.name, cfg.weights_mirror), f"torchvision's {cfg.name} weights")
+        load_compatible(model, _torchvision_pretrained(cfg.name, cfg.weights_mirror), f"torchvision's {cfg.name} weights",
+                        _head(model)[0])  # fmt: skip
     _replace_head(model, num_classes)
+    head_name, head = _head(model)
     if cfg.weights_file is not None:
-        load_compatible(model, _read_weights_file(Path(cfg.weights_file)), str(cfg.weights_file))
-    head = _head(model)[1]
+        load_compatible(model, _read_weights_file(Path(cfg.weights_file)), str(cfg.weights_file), head_name)
     return BuiltModel(nn.Sequential(GrayToRGB(), model) if in_channels == 1 else model, head)
 
 

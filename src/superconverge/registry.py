@@ -92,14 +92,19 @@ def resolve(key: str, name: str, registry: Mapping[str, str]) -> Callable:
     return found
 
 
-def call_factory(key: str, name: str, factory: Callable, kwargs: dict) -> Any:
-    """Call a user's (or a built-in's) factory; a failure is one line naming the key, the call and the exception."""
+def check_arguments(key: str, name: str, function: Callable, what: str, *args: Any, **kwargs: Any) -> None:
+    """The call ``function(*args, **kwargs)`` fits its signature (``what`` says it in the error), before any work."""
     try:
-        inspect.signature(factory).bind(**kwargs)
+        inspect.signature(function).bind(*args, **kwargs)
     except TypeError as exc:
-        raise TaskError(f"{key}: {name} cannot take {_call(kwargs)}: {exc}") from None
+        raise TaskError(f"{key}: {name} cannot take {what}: {exc}") from None
     except ValueError:
         pass  # no signature to check (a builtin): the call says what is wrong
+
+
+def call_factory(key: str, name: str, factory: Callable, kwargs: dict) -> Any:
+    """Call a user's (or a built-in's) factory; a failure is one line naming the key, the call and the exception."""
+    check_arguments(key, name, factory, _call(kwargs), **kwargs)
     try:
         return factory(**kwargs)
     except UserError:

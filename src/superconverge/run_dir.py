@@ -66,19 +66,20 @@ class StepTrace:
         if not self.is_main:
             return
         lines = self.path.read_text().splitlines()[:steps] if self.path.is_file() and steps else []
-        lines = [f"{lr!r}\t{momentum!r}" for lr, momentum in carried] if carried else lines
+        lines = [_trace_line(lr, momentum) for lr, momentum in carried] if carried else lines
         if len(lines) != steps:
             print(f"superconverge: warning: {self.path} holds {len(lines)} of the {steps} steps before this checkpoint; "
                   "lr_trace.json will lack them", file=sys.stderr, flush=True)  # fmt: skip
         self.path.write_text("".join(line + "\n" for line in lines))
 
     def record(self, lr: float, momentum: float) -> None:
-        self.pending.append((lr, momentum))
+        if self.is_main:
+            self.pending.append((lr, momentum))
 
     def flush(self) -> None:
-        if self.is_main and self.pending:
+        if self.pending:
             with open(self.path, "a") as handle:
-                handle.write("".join(f"{lr!r}\t{momentum!r}\n" for lr, momentum in self.pending))
+                handle.write("".join(_trace_line(lr, momentum) + "\n" for lr, momentum in self.pending))
         self.pending = []
 
     def read(self) -> tuple[list[float], list[float]]:
@@ -87,6 +88,10 @@ class StepTrace:
             return [], []
         rows = [line.split("\t") for line in self.path.read_text().splitlines()]
         return [float(lr) for lr, _ in rows], [float(momentum) for _, momentum in rows]
+
+
+def _trace_line(lr: float, momentum: float) -> str:
+    return f"{lr!r}\t{momentum!r}"  # repr: the float back exactly
 
 
 class RunDir:

@@ -146,10 +146,11 @@ class NodeHeartbeat:
         store_heard, store = time.monotonic(), None
         while not self.closed.wait(self.interval):
             try:
-                store = store or TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                                          timeout=timedelta(seconds=max(5.0, self.interval)))  # fmt: skip
+                if store is None:
+                    store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                     timeout=timedelta(seconds=max(5.0, self.interval)))  # fmt: skip
+                    store.set(f"{self.prefix}/host/{self.node}", socket.gethostname())
                 store.add(f"{self.prefix}/{self.node}", 1)
-                store.set(f"{self.prefix}/host/{self.node}", socket.gethostname())
                 counts = {node: store.add(f"{self.prefix}/{node}", 0) for node in heard}  # add 0: read without waiting
                 store_heard = now = time.monotonic()
             except Exception:  # noqa: BLE001 - the store (node rank 0's launcher) not answering

@@ -67,13 +67,7 @@ def build_loss(cfg: Config) -> Loss:
         if not callable(loss):
             raise TaskError(f"loss.name: {cfg.loss.name}(...) built a {type(loss).__name__}, which cannot be called on (outputs, targets)")
         return loss
-    if kwargs:
-        try:
-            inspect.signature(found).bind(None, None, **kwargs)
-        except TypeError as exc:
-            raise TaskError(f"loss.name: {cfg.loss.name} cannot take (outputs, targets, {', '.join(kwargs)}): {exc}") from None
-        except ValueError:
-            pass  # no signature to check
+    registry.check_arguments("loss.name", cfg.loss.name, found, f"(outputs, targets, {', '.join(kwargs)})", None, None, **kwargs)
     return functools.partial(found, **kwargs) if kwargs else found
 
 
