@@ -12,9 +12,9 @@ MAX_LR, DIV, FINAL_DIV, BATCH, EPOCHS = 0.02, 10.0, 100.0, 48, 2
 
 
 def expected_steps_per_epoch(n_train: int, world: int, accum: int, drop_last: bool) -> int:
-    batches = n_train // BATCH if drop_last else math.ceil(n_train / BATCH)
-    per_process = batches // world if drop_last else math.ceil(batches / world)
-    return math.ceil(per_process / accum)
+    """One optimizer step per global batch; drop_last drops a short last global batch."""
+    global_batch = BATCH * world * accum
+    return n_train // global_batch if drop_last else math.ceil(n_train / global_batch)
 
 
 @pytest.mark.parametrize("drop_last", [False, True])

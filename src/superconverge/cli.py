@@ -20,6 +20,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin
 
+from superconverge.batches import BatchLayout
 from superconverge.checkpoint import check_fits, resolve_resume, validate_checkpoint
 from superconverge.config import MOOT_ON_RESUME, Config, ConfigError, describe_changes, load_config, resume_changes
 from superconverge.console import RunConsole
@@ -174,30 +175,48 @@ def build_trainer(argv: list[str] | None, stop: StopSignals) -> Trainer:
     run_dir = RunDir.open(cfg, accelerator)
     stop_if_requested(stop, accelerator, run_dir, "data loading")
     resume_from, resume_state = find_resume_point(cfg, task.model)
+    layout = batch_layout(cfg, accelerator, resume_state)
     run_dir.record_config(cfg)
     console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
     tracking = start_tracking(cfg, accelerator)
     stop_if_requested(stop, accelerator, run_dir, "W&B start")
-    console.banner(run_facts(cfg, accelerator, task, tracking))
+    console.banner(run_facts(cfg, accelerator, layout, task, tracking))
     model = prepare_model(cfg, accelerator, task.model)
     choice = resumed_choice(resume_state) or find_max_lr(cfg, accelerator, task, model, console)
     stop_if_requested(stop, accelerator, run_dir, "the LR range test")
     if choice.range_test is not None:
         tracking.log_range_test(choice.range_test, Path(cfg.output_dir) / "lr_finder.png")
     resume = (resume_from, resume_state) if resume_from is not None else None
-    return Trainer(RunContext(cfg, accelerator, run_dir, console, tracking, stop), task, model, choice, resume)
+    return Trainer(RunContext(cfg, accelerator, run_dir, console, tracking, stop, layout), task, model, choice, resume)
 
 
-def run_facts(cfg: Config, accelerator: Accelerator, task: Task, tracking: Tracking) -> dict:
+def batch_layout(cfg: Config, accelerator: Accelerator, resume_state: TrainState | None) -> BatchLayout:
+    """The configured spread of the global batch; a resumed run keeps its checkpoint's global batch on the processes it
+    has now (elastic resume: never a bigger micro-batch than data.batch_size) and says so when the spread changes."""
+    world = accelerator.num_processes
+    if resume_state is None or not resume_state.batch_layouts:
+        return BatchLayout.configured(cfg, world)
+    before = BatchLayout.from_record(resume_state.batch_layouts[-1])
+    layout = BatchLayout.keeping(before.global_batch, world, cfg.data.batch_size, cfg.trainer.grad_accum_steps)
+    accelerator.gradient_accumulation_steps = layout.accum
+    if layout != before and accelerator.is_main_process:
+        print(f"superconverge: resuming at the checkpoint's global batch of {layout.global_batch} on {layout.describe()} "
+              f"(it ran on {before.describe()}); the schedule and data order continue unchanged", file=sys.stderr, flush=True)  # fmt: skip
+    return layout
+
+
+def run_facts(cfg: Config, accelerator: Accelerator, layout: BatchLayout, task: Task, tracking: Tracking) -> dict:
     data, model = task.data, task.model
     sizes = "/".join(str(len(split)) if split is not None else "-" for split in (data.train, data.val, data.test))
     return {
-        "world_size": accelerator.num_processes,
+        "world_size": layout.world,
         "device": accelerator.device.type,
         "precision": accelerator.mixed_precision,
         "compile": cfg.trainer.compile_mode if cfg.trainer.compile else "off",
         "channels_last": cfg.trainer.channels_last,
-        "global_batch": cfg.global_batch_size(accelerator.num_processes),
+        "global_batch": layout.global_batch,
+        "micro_batch": layout.micro,
+        "grad_accum": layout.accum,
         "data": f"{cfg.data.name} train/val/test={sizes} workers={data.workers}",
         "model": f"{cfg.model.name} params={sum(p.numel() for p in model.parameters())}",
         "loss": cfg.loss.name + ("" if task.classifies else f" (monitor {task.monitor})"),

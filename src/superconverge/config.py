@@ -215,10 +215,6 @@ class Config(Section):
                              "set schedule.cycle_momentum=false, or give SGD a momentum")  # fmt: skip
         return self
 
-    def global_batch_size(self, world_size: int) -> int:
-        """Images per optimizer step: per-process batch x processes x accumulation."""
-        return self.data.batch_size * world_size * self.trainer.grad_accum_steps
-
 
 def _key_of(loc: tuple) -> str:
     """The dotted config key of an error location, without pydantic's union-member tags."""
@@ -302,7 +298,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 # Moot on resume: a resumed run keeps the max_lr its range test chose before the first checkpoint, so
 # lr_finder keys change nothing, and a default that changed in an upgrade must not block a requeued run.
 MOOT_ON_RESUME = ("lr_finder.",)
-RESUMABLE_KEYS = MOOT_ON_RESUME + (
+# The global batch is the checkpoint's (it shaped the schedule); data.batch_size and trainer.grad_accum_steps only
+# choose how it is spread over the processes a resume has (batches.BatchLayout.keeping), so they may change too.
+LAYOUT_KEYS = ("data.batch_size", "trainer.grad_accum_steps")
+RESUMABLE_KEYS = MOOT_ON_RESUME + LAYOUT_KEYS + (
     "output_dir", "console.", "tracking.", "data.num_workers", "data.mirror", "model.weights_mirror", "trainer.resume",
     "trainer.stop_after_epochs",
     "trainer.stop_after_steps", "trainer.checkpoint_every_steps", "trainer.preemption_check_steps",

@@ -100,21 +100,24 @@ class BatchTransform:
     def augments(self) -> bool:
         return bool(self.crop_padding or self.flip)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """``rows=(first, total)``: these images are rows ``first...`` of a batch of ``total``; the draws are made for the
+        whole batch and these rows' are kept, so a batch split any way over processes is augmented the same."""
         x = images.float().div_(255)
+        first, total = rows or (0, x.shape[0])
         if x.shape[-2:] != (self.size, self.size):
             x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
         if self.crop_padding:
-            x = self._random_crop(x, generator)
+            x = self._random_crop(x, generator, first, total)
         if self.flip:
-            flipped = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+            flipped = torch.rand(total, generator=generator, device=x.device)[first : first + x.shape[0]] < 0.5
             x = torch.where(flipped.view(-1, 1, 1, 1), x.flip(-1), x)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
-    def _random_crop(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _random_crop(self, x: torch.Tensor, generator: torch.Generator | None, first: int, total: int) -> torch.Tensor:
         p, size, n = self.crop_padding, self.size, x.shape[0]
         padded = torch.nn.functional.pad(x, (p, p, p, p), mode="reflect")
-        dy, dx = torch.randint(0, 2 * p + 1, (2, n, 1), generator=generator, device=x.device)
+        dy, dx = torch.randint(0, 2 * p + 1, (2, total, 1), generator=generator, device=x.device)[:, first : first + n]
         span = torch.arange(size, device=x.device)
         rows, cols = (span + dy)[:, :, None], (span + dx)[:, None, :]
         batch = torch.arange(n, device=x.device)[:, None, None]

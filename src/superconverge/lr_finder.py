@@ -14,7 +14,7 @@ import io
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,10 +24,11 @@ from accelerate import Accelerator
 from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.utils import broadcast_object_list, gather_object, send_to_device
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
 from superconverge import jsonfile, lr_rules
+from superconverge.batches import BatchLayout, EpochPlan, RankSampler
 from superconverge.config import Config, LRFinderConfig, OptimizerConfig
 from superconverge.console import RunConsole
 from superconverge.lr_rules import RangeTestError
@@ -78,43 +79,26 @@ class MaxLRChoice:
     suggestions: dict[str, float] = field(default_factory=dict)
 
 
-class GlobalBatchSampler(Sampler[list[int]]):
-    """Micro-batch ``m`` of a seeded endless shuffle goes to rank ``m % world_size``.
+class _GlobalBatches(TrainDataLoaderIter):
+    """This rank's micro-batches on the training device, each with its place in its global batch.
 
-    Iteration ``t`` of the test is micro-batches ``[t*W*A, (t+1)*W*A)`` whatever the process
-    count W, so one process with accumulation W*A sees exactly what W processes see together.
+    The training loop's data order (``batches``), full global batches only, epoch after epoch: one
+    iteration of the test is one global batch whatever the process count.
     """
 
-    def __init__(self, size: int, batch_size: int, rank: int, world_size: int, seed: int) -> None:
-        self.size, self.batch_size, self.rank, self.world_size, self.seed = size, batch_size, rank, world_size, seed
-
-    def __iter__(self) -> Iterator[list[int]]:
-        per_pass, index, epoch = self.size // self.batch_size, 0, 0
-        while True:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
-            for m in range(per_pass):
-                if (index + m) % self.world_size == self.rank:
-                    yield order[m * self.batch_size : (m + 1) * self.batch_size]
-            index, epoch = index + per_pass, epoch + 1
-
-
-class _GlobalBatches(TrainDataLoaderIter):
-    """This rank's micro-batches on the training device, each with its global micro-batch number."""
-
-    def __init__(self, loader: DataLoader, accelerator: Accelerator, progress: Callable[[int], None] | None = None) -> None:
+    def __init__(self, loader: DataLoader, sampler: RankSampler, accelerator: Accelerator,
+                 progress: Callable[[int], None] | None = None) -> None:  # fmt: skip
         super().__init__(loader)
+        self.micro_batches = sampler.micro_batches()  # in step with the loader's own pass over the sampler
         self.device, self.progress = accelerator.device, progress
-        self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
         self.batches_seen = 0
 
     def inputs_labels_from_batch(self, batch):
         inputs, targets = send_to_device(batch, self.device)
-        # Keyed by the global micro-batch number, so augmentation does not depend on the process count.
-        key = (self.batches_seen * self.world_size + self.rank,)
         self.batches_seen += 1
         if self.progress is not None:
             self.progress(self.batches_seen)
-        return (inputs, key), targets
+        return (inputs, next(self.micro_batches)), targets
 
 
 class _GlobalBatchFinder(LRFinder):
@@ -137,8 +121,8 @@ class _GlobalBatchFinder(LRFinder):
         follow_head_lr(self.optimizer)
         local = torch.zeros((), device=self.accelerator.device)
         for _ in range(accumulation_steps):
-            (inputs, key), targets = next(train_iter)
-            local += self.step(inputs, targets, key).loss
+            (inputs, micro), targets = next(train_iter)
+            local += self.step(inputs, targets, micro).loss
         loss = self.accelerator.reduce(local / accumulation_steps, reduction="mean").item()
         self.raw_losses.append(loss)
         return loss
@@ -255,9 +239,10 @@ def run_range_test(cfg: Config, task: Task, step: TrainStep, accelerator: Accele
     the LRs that train nothing first (``LEAD_STEPS``).
     """
     finder_cfg, world, data = cfg.lr_finder, accelerator.num_processes, task.data
-    sampler = GlobalBatchSampler(len(data.train), cfg.data.batch_size, accelerator.process_index, world, cfg.seed)
+    plan = EpochPlan(len(data.train), BatchLayout.configured(cfg, world), cfg.seed, drop_last=True)
+    sampler = RankSampler(plan, accelerator.process_index, endless=True)
     loader = DataLoader(data.train, batch_sampler=sampler, num_workers=data.workers)
-    batches = _GlobalBatches(loader, accelerator, progress)
+    batches = _GlobalBatches(loader, sampler, accelerator, progress)
     sweeper = _Sweeper(_GlobalBatchFinder(step.model, step, accelerator), batches, cfg)
     points: list[tuple[float, float]] = []
     sweeps, spent, stopped = 0, 0, False
@@ -271,7 +256,7 @@ def run_range_test(cfg: Config, task: Task, step: TrainStep, accelerator: Accele
     lrs, raw = [lr for lr, _ in points], [loss for _, loss in points]
     return RangeTestResult(
         lrs=lrs, raw_losses=raw, smoothed_losses=lr_rules.smooth(np.asarray(lrs), np.asarray(raw)).tolist() if raw else [],
-        policy=finder_cfg.policy, effective_batch_size=cfg.global_batch_size(world), world_size=world, sweeps=sweeps,
+        policy=finder_cfg.policy, effective_batch_size=plan.layout.global_batch, world_size=world, sweeps=sweeps,
         accumulation_steps=cfg.trainer.grad_accum_steps, batches_per_rank=gather_object([batches.batches_seen]),
         stopped_on_divergence=stopped, seconds=seconds, iterations_run=spent,
     )  # fmt: skip

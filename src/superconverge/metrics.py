@@ -12,36 +12,28 @@ from accelerate import Accelerator
 class SplitTotals:
     """Loss sum, correct predictions and sample count, kept on the device (no host sync per batch).
 
-    Only the loader's last batch can hold padding duplicates (Accelerate's ``even_batches``), so that
-    batch's outputs and targets alone go through ``gather_for_metrics`` and its loss is recomputed on
-    the real samples; the rest is summed locally and reduced once. Exact for any mean-reduced loss.
+    Only the last batch of a loader Accelerate sharded can hold padding duplicates (``even_batches``),
+    so that batch's outputs and targets alone go through ``gather_for_metrics`` and its loss is
+    recomputed on the real samples; the rest is summed locally and reduced once. Exact for any
+    mean-reduced loss. The training loader (``batches``) pads nothing: ``padded=False``.
     """
 
     def __init__(self, device: torch.device, loss: Callable, classifies: bool, already_global: list[float] | None = None,
-                 remainder: int | None = None) -> None:  # fmt: skip
-        self.loss, self.classifies = loss, classifies
+                 padded: bool = True) -> None:  # fmt: skip
+        self.loss, self.classifies, self.padded = loss, classifies, padded
         self.local = torch.zeros(3, dtype=torch.float64, device=device)
         self.shared = torch.tensor(already_global or [0.0, 0.0, 0.0], dtype=torch.float64, device=device)
-        # Accelerate's loader from skip_first_batches (mid-epoch resume) does not know its remainder,
-        # so gather_for_metrics would keep the padding; the training split passes it explicitly.
-        self.remainder = remainder
 
     def add(self, accelerator: Accelerator, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         target = self.local
-        if accelerator.gradient_state.end_of_dataloader:
-            outputs, targets = self._gather_last_batch(accelerator, outputs, targets)
+        if self.padded and accelerator.gradient_state.end_of_dataloader:
+            outputs, targets = accelerator.gather_for_metrics((outputs, targets))
             loss, target = self.loss(outputs, targets).detach(), self.shared
         count = targets.shape[0]
         target[0] += loss.double() * count
         if self.classifies:
             target[1] += (outputs.argmax(1) == targets).sum()
         target[2] += count
-
-    def _gather_last_batch(self, accelerator: Accelerator, outputs: torch.Tensor, targets: torch.Tensor):
-        if self.remainder is None:
-            return accelerator.gather_for_metrics((outputs, targets))
-        outputs, targets = accelerator.gather((outputs, targets))
-        return (outputs[: self.remainder], targets[: self.remainder]) if self.remainder else (outputs, targets)
 
     def fold(self, accelerator: Accelerator) -> list[float]:
         """Reduce the local part into the shared part (a collective); return the global totals."""

@@ -37,6 +37,9 @@ class RunSummary:
     diverged: bool
     world_size: int
     global_batch_size: int
+    micro_batch_size: int  # per process and micro-step, in the last invocation
+    grad_accum_steps: int  # in the last invocation
+    batch_layouts: list[dict]  # every invocation's {micro, accum, world, from_step}: a resume on another process count adds one
     max_lr: float
     max_lr_per_group: list[float]
     lr_policy: str

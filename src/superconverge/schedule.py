@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.optim.lr_scheduler import OneCycleLR
 
@@ -62,11 +60,6 @@ def follow_head_lr(optimizer: torch.optim.Optimizer) -> None:
 
 def group_max_lrs(optimizer: torch.optim.Optimizer, max_lr: float) -> list[float]:
     return [max_lr * group[LR_SCALE] for group in optimizer.param_groups]
-
-
-def optimizer_steps_per_epoch(batches_per_process: int, grad_accum_steps: int) -> int:
-    """Accelerate syncs every ``grad_accum_steps`` batches and always at the end of the loader."""
-    return math.ceil(batches_per_process / grad_accum_steps)
 
 
 def build_one_cycle(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int) -> OneCycleLR:

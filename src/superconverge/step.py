@@ -15,6 +15,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.optimizer import AcceleratedOptimizer
 
+from superconverge.batches import MicroBatch
 from superconverge.config import TrainerConfig
 from superconverge.task import Task
 
@@ -31,12 +32,13 @@ class TrainStep:
         self.cfg, self.accelerator, self.task, self.model, self.optimizer, self.seed = cfg, accelerator, task, model, optimizer, seed
         self.generator = torch.Generator(accelerator.device)
 
-    def train_inputs(self, inputs: torch.Tensor, key: tuple) -> torch.Tensor:
+    def train_inputs(self, inputs: torch.Tensor, micro: MicroBatch) -> torch.Tensor:
         transform = self.task.data.train_transform
         if transform is not None:
-            # Augmentation randomness is a pure function of (seed, key), not of what a loader prefetched.
-            self.generator.manual_seed(hash((self.seed, *key)) & 0x7FFF_FFFF_FFFF_FFFF)
-            inputs = transform(inputs, self.generator)
+            # Augmentation randomness is a pure function of (seed, epoch, global batch), drawn for the whole global
+            # batch: not of what a loader prefetched, nor of how many processes share the batch.
+            self.generator.manual_seed(hash((self.seed, *micro.key)) & 0x7FFF_FFFF_FFFF_FFFF)
+            inputs = transform(inputs, self.generator, micro.rows)
         return self.layout(inputs)
 
     def eval_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -48,13 +50,14 @@ class TrainStep:
             return inputs.contiguous(memory_format=torch.channels_last)
         return inputs
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, key: tuple) -> StepOutput:
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, micro: MicroBatch) -> StepOutput:
         acc = self.accelerator
-        inputs = self.train_inputs(inputs, key)
+        inputs = self.train_inputs(inputs, micro)
         with acc.accumulate(self.model):
             outputs = self.model(inputs).float()
             loss = self.task.loss(outputs, targets)
-            acc.backward(loss)
+            # Only a short last global batch has weights other than 1: its gradient is still its mean's.
+            acc.backward(loss if micro.weight == 1 else loss * micro.weight)
             if acc.sync_gradients and self.cfg.grad_clip_norm:
                 # Accelerate's clip_grad_norm_ unscales only the optimizers it prepared; the range test's is
                 # wrapped, not prepared (it must not enter the checkpoint), so this step names its own.

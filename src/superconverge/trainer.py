@@ -11,9 +11,11 @@ from pathlib import Path
 import psutil
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import is_compiled_module, set_seed
 from torch.utils.data import DataLoader
 
+from superconverge.batches import BatchLayout, EpochPlan, RankSampler
 from superconverge.checkpoint import CheckpointError, load_model_weights
 from superconverge.config import Config
 from superconverge.console import RunConsole
@@ -23,7 +25,7 @@ from superconverge.lr_finder import MaxLRChoice
 from superconverge.metrics import EarlyStopping, SplitTotals
 from superconverge.records import EpochRecord, RunSummary
 from superconverge.run_dir import RunDir
-from superconverge.schedule import build_one_cycle, build_optimizer, current_momentum, group_max_lrs, optimizer_steps_per_epoch
+from superconverge.schedule import build_one_cycle, build_optimizer, current_momentum, group_max_lrs
 from superconverge.signals import StopSignals
 from superconverge.step import TrainStep
 from superconverge.task import Task
@@ -43,9 +45,10 @@ class TrainState:
     lr_policy: str = "fixed"
     lr_finder_seconds: float = 0.0
     lr_suggestions: dict[str, float] = field(default_factory=dict)  # every rule's answer, for the summary
-    epoch: int = 0  # epochs completed
-    batches_done: int = 0  # batches of the current epoch already consumed, per process
+    epoch: int = 0  # epochs completed (the position inside an epoch is optimizer_steps past the epoch's first)
     optimizer_steps: int = 0
+    # Each invocation's spread of the global batch ({micro, accum, world, from_step}); the first one's global batch is the run's.
+    batch_layouts: list[dict] = field(default_factory=list)
     train_totals: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     early_stopping: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
@@ -79,12 +82,15 @@ def prepare_model(cfg: Config, accelerator: Accelerator, model: torch.nn.Module)
     return accelerator.prepare_model(model)
 
 
-def make_loaders(cfg: Config, data: DataBundle, pin_memory: bool) -> tuple[DataLoader, DataLoader | None, DataLoader | None]:
-    common = dict(num_workers=data.workers, pin_memory=pin_memory, persistent_workers=data.workers > 0)
-    train = DataLoader(data.train, batch_size=cfg.data.batch_size, shuffle=True, drop_last=cfg.data.drop_last, **common)
+def make_loaders(cfg: Config, data: DataBundle, sampler: RankSampler, accelerator: Accelerator) -> tuple[DataLoader, ...]:
+    """The training loader follows ``sampler`` (already this rank's share, so Accelerate only moves its batches to the
+    device and marks the loader's end for accumulation); evaluation loaders are sharded by Accelerate as usual."""
+    common = dict(num_workers=data.workers, pin_memory=accelerator.device.type == "cuda", persistent_workers=data.workers > 0)
+    train = prepare_data_loader(DataLoader(data.train, batch_sampler=sampler, **common), accelerator.device, num_processes=1,
+                                process_index=0, put_on_device=True)  # fmt: skip
 
     def evaluation(ds):
-        return DataLoader(ds, batch_size=cfg.data.batch_size, **common) if ds is not None else None
+        return accelerator.prepare(DataLoader(ds, batch_size=cfg.data.batch_size, **common)) if ds is not None else None
 
     return train, evaluation(data.val), evaluation(data.test)
 
@@ -99,6 +105,7 @@ class RunContext:
     console: RunConsole
     tracking: Tracking
     stop: StopSignals  # installed by the caller before any work, restored by it when the run ends
+    layout: BatchLayout  # how the global batch is spread over this invocation's processes
 
 
 class Trainer:
@@ -109,14 +116,16 @@ class Trainer:
         self.console, self.tracking, self.stop = ctx.console, ctx.tracking, ctx.stop
         self.preempted = False
         self._nonfinite = torch.zeros((), device=accelerator.device)  # non-finite losses seen; read at check points only
-        max_lr = choice.max_lr
+        max_lr, self.layout = choice.max_lr, ctx.layout
         self.store = ctx.run_dir.checkpoints
-        train, val, test = make_loaders(cfg, task.data, pin_memory=accelerator.device.type == "cuda")
+        self.plan = EpochPlan(len(task.data.train), ctx.layout, cfg.seed, cfg.data.drop_last)
+        self.sampler = RankSampler(self.plan, accelerator.process_index)
+        self.train_loader, self.val_loader, self.test_loader = make_loaders(cfg, task.data, self.sampler, accelerator)
         optimizer = build_optimizer(cfg.optimizer, model, max_lr / cfg.schedule.div_factor, task.head)
         self.model = model  # prepared by prepare_model before the range test
-        self.optimizer, self.train_loader, self.val_loader, self.test_loader = accelerator.prepare(optimizer, train, val, test)
+        self.optimizer = accelerator.prepare(optimizer)
         self.step = TrainStep(cfg.trainer, accelerator, task, model, self.optimizer, cfg.seed)
-        steps = cfg.trainer.epochs * optimizer_steps_per_epoch(len(self.train_loader), cfg.trainer.grad_accum_steps)
+        steps = cfg.trainer.epochs * self.plan.batches_per_epoch  # one optimizer step per global batch
         self.scheduler = accelerator.prepare(build_one_cycle(cfg.schedule, optimizer, max_lr, steps))
         self.max_lr_per_group = group_max_lrs(optimizer, max_lr)
         self.state = TrainState(max_lr=max_lr, total_steps=steps, lr_policy=choice.policy, lr_finder_seconds=choice.seconds,
@@ -127,6 +136,7 @@ class Trainer:
         set_seed(cfg.seed, device_specific=True)
         if resume is not None:
             self._resume(*resume)
+        self._record_layout()
         self._wall_before, self._process_before = self.state.wall_seconds, self.state.process_seconds
         carried = list(zip(self.state.lr_trace, self.state.momentum_trace, strict=True)) or None
         self.state.lr_trace, self.state.momentum_trace = [], []
@@ -149,11 +159,18 @@ class Trainer:
         if saved.total_steps != self.state.total_steps:
             raise CheckpointError(
                 f"checkpoint {path} belongs to a schedule of {saved.total_steps} optimizer steps, but this config gives "
-                f"{self.state.total_steps} (epochs, batch size, processes or accumulation changed). Use a new output_dir."
+                f"{self.state.total_steps} at a global batch of {self.layout.global_batch} (an older checkpoint, which does not "
+                "record its global batch: give it the data.batch_size, trainer.grad_accum_steps and process count it had). "
+                "Or use a new output_dir."
             )
         self.accelerator.load_state(str(path))
         self.state = replace(saved, config=self.state.config, resumed=saved.resumed + 1)  # with the changes the resume applied
         self.stopper = EarlyStopping(**saved.early_stopping)
+
+    def _record_layout(self) -> None:
+        layouts = self.state.batch_layouts
+        if not layouts or BatchLayout.from_record(layouts[-1]) != self.layout:
+            layouts.append(self.layout.record(self.state.optimizer_steps))
 
     @property
     def epochs(self) -> int:
@@ -177,25 +194,23 @@ class Trainer:
         """Run the rest of an epoch; return False if the run must stop here (checkpoint saved)."""
         acc, state, trainer = self.accelerator, self.state, self.cfg.trainer
         self._epoch_marks = (state.train_seconds, state.train_images)
-        self.train_loader.set_epoch(epoch)
-        loader = self.train_loader
-        if state.batches_done:
-            loader = acc.skip_first_batches(self.train_loader, state.batches_done)
-            loader.set_epoch(epoch)  # the skipping loader would otherwise reshuffle as epoch 0
-        totals = self._totals(state.train_totals, remainder=self._train_remainder())
+        # Resumed mid-epoch: the global batches this epoch already had, whatever the process count that trained them.
+        first = state.optimizer_steps - epoch * self.plan.batches_per_epoch
+        self.sampler.start(epoch, first)
+        acc.step = 0  # Accelerate's micro-step count (restored by load_state, maybe under another accumulation): at a boundary
+        totals = self._totals(state.train_totals, padded=False)
         self.model.train()
         began = self._epoch_began = time.perf_counter()
-        first_batch = state.batches_done
-        self.console.start_phase("train", len(self.train_loader), epoch + 1)
-        for inputs, targets in loader:
-            # Augmentation keyed by (rank, epoch, batch): a run resumed mid-epoch draws what the uninterrupted run drew.
-            out = self.step(inputs, targets, key=(acc.process_index, epoch, state.batches_done))
+        self.console.start_phase("train", self.plan.batches_per_epoch * self.layout.accum, epoch + 1)
+        micro_batches = self.sampler.micro_batches()  # in step with the loader's own pass over the sampler
+        for done, (micro, (inputs, targets)) in enumerate(zip(micro_batches, self.train_loader, strict=True), 1):
+            out = self.step(inputs, targets, micro)
             self._nonfinite += (~torch.isfinite(out.loss)).sum()
-            totals.add(acc, out.loss, out.outputs, targets)
-            state.batches_done += 1
+            if micro.size:
+                totals.add(acc, out.loss, out.outputs, targets)
             if acc.sync_gradients:
                 self._after_optimizer_step()
-            self._report_batch(totals, began, first_batch)
+            self._report_batch(totals, began, first * self.layout.accum, done)
             if acc.sync_gradients:
                 if self._stop_requested():
                     self._bank_train_time(began, totals)
@@ -208,29 +223,23 @@ class Trainer:
         self._bank_train_time(began, totals)
         return True
 
-    def _train_remainder(self) -> int:
-        """Real samples in the last global batch; 0 when it is full or drop_last removed it."""
-        if self.cfg.data.drop_last:
-            return 0
-        global_batch = self.cfg.data.batch_size * self.accelerator.num_processes
-        return len(self.train_loader.dataset) % global_batch
+    def _totals(self, already_global: list[float] | None = None, padded: bool = True) -> SplitTotals:
+        return SplitTotals(self.accelerator.device, self.task.loss, self.task.classifies, already_global, padded)
 
-    def _totals(self, already_global: list[float] | None = None, remainder: int | None = None) -> SplitTotals:
-        return SplitTotals(self.accelerator.device, self.task.loss, self.task.classifies, already_global, remainder)
-
-    def _report_batch(self, totals: SplitTotals, began: float, first_batch: int) -> None:
-        """Console progress every batch; the numbers (one host sync) only at reporting points."""
+    def _report_batch(self, totals: SplitTotals, began: float, before: int, done: int) -> None:
+        """Console progress every batch (``before`` + ``done`` of the epoch's micro-steps); the numbers (one host sync)
+        only at reporting points."""
         if not self.accelerator.is_main_process:
             return
         state = self.state
 
         @functools.cache
         def stats() -> dict:
-            seen = (state.batches_done - first_batch) * self.cfg.data.batch_size * self.accelerator.num_processes
+            seen = done * self.layout.micro * self.layout.world
             lr, momentum = self.optimizer.param_groups[0]["lr"], current_momentum(self.optimizer)
             return {"loss": totals.running_loss(), "lr": lr, "mom": momentum, "img/s": seen / max(time.perf_counter() - began, 1e-9)}
 
-        self.console.advance(state.batches_done, stats)
+        self.console.advance(before + done, stats)
         every = self.cfg.tracking.wandb.log_every_steps
         if self.tracking.active and self.accelerator.sync_gradients and state.optimizer_steps % every == 0:
             names = {"loss": "train/loss", "lr": "train/lr", "mom": "train/momentum", "img/s": "train/images_per_second"}
@@ -311,7 +320,7 @@ class Trainer:
         monitored = {"val_acc": val_acc, "val_loss": val_loss} if val_loss is not None else {"val_acc": train_acc, "val_loss": train_loss}
         record.best = self.stopper.update(monitored[self.stopper.metric], state.epoch + 1)
         state.epoch += 1
-        state.batches_done, state.train_totals = 0, [0.0, 0.0, 0.0]
+        state.train_totals = [0.0, 0.0, 0.0]
         state.stopped_early = self.stopper.should_stop and state.epoch < self.epochs
         seconds, images = state.train_seconds - self._epoch_marks[0], state.train_images - self._epoch_marks[1]
         record.seconds = round(time.perf_counter() - self._epoch_began, 3)
@@ -354,7 +363,8 @@ class Trainer:
         val_accs = [r.val_acc for r in history if r.val_acc is not None]
         summary = RunSummary(
             completed=completed, preempted=self.preempted, diverged=diverged, world_size=self.accelerator.num_processes,
-            global_batch_size=self.cfg.global_batch_size(self.accelerator.num_processes), max_lr=state.max_lr,
+            global_batch_size=self.layout.global_batch, micro_batch_size=self.layout.micro, grad_accum_steps=self.layout.accum,
+            batch_layouts=state.batch_layouts, max_lr=state.max_lr,
             max_lr_per_group=self.max_lr_per_group, lr_policy=state.lr_policy, lr_finder_seconds=round(state.lr_finder_seconds, 3),
             lr_suggestions=state.lr_suggestions, optimizer_steps=state.optimizer_steps, total_optimizer_steps=state.total_steps,
             final_lr=lrs[-1] if lrs else self.last_lr, epochs_completed=state.epoch, best_epoch=self.stopper.best_epoch,
