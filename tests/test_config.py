@@ -35,6 +35,7 @@ def test_resolved_config_round_trips(tmp_path):
      ("schedule.pct_start=1", "schedule.pct_start"), ("trainer.epochs=0", "trainer.epochs"),
      ("schedule.max_lr=0", "schedule.max_lr"), ("data.val_fraction=1.0", "data.val_fraction"),
      ("optimizer.name=lion", "optimizer.name"), ("trainer.mixed_precision=fp8", "trainer.mixed_precision"),
+     ("lr_finder.probe_factors=[1]", "lr_finder.probe_factors"), ("lr_finder.probe_factors=[1,-2]", "lr_finder.probe_factors"),
      ("nonsense=1", "nonsense")],
 )  # fmt: skip
 def test_errors_name_the_key_and_the_source(override, key):

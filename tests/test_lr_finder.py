@@ -153,8 +153,9 @@ def _range_test(cfg, optimizer_lr: float = 1e-3):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
-    from superconverge.lr_finder import range_test_step, run_range_test
+    from superconverge.lr_finder import run_range_test
     from superconverge.schedule import build_optimizer
+    from superconverge.step import unprepared_step
     from superconverge.task import build_task
 
     task = build_task(cfg)
@@ -166,7 +167,7 @@ def _range_test(cfg, optimizer_lr: float = 1e-3):
     before = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
     try:
         accelerator = Accelerator(cpu=True)
-        result = run_range_test(cfg, task, range_test_step(cfg, accelerator, task, model, optimizer), accelerator)
+        result = run_range_test(cfg, task, unprepared_step(cfg, accelerator, task, model, optimizer), accelerator)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
@@ -211,3 +212,44 @@ def test_every_sweep_starts_from_the_same_weights(tmp_path):
     for index, state in optimizer_before["state"].items():
         for name, value in state.items():
             assert torch.equal(after["state"][index][name], value), (index, name)
+
+
+PROBE = ["lr_finder.probe=true", "lr_finder.probe_steps=12", "lr_finder.probe_factors=[1,3]", "lr_finder.probe_val_samples=150"]
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory):
+    """The probe after the range test, on 2 processes and on 1 accumulating the same global batch."""
+    root = tmp_path_factory.mktemp("probe")
+    common = ["--config", "configs/digits.yaml", *FAST, *PROBE, "data.batch_size=32"]
+    run(["2", str(root / "two"), *common, f"output_dir={root / 'run2'}"], nproc=2, script=RANGE_TEST)
+    run(["1", str(root / "one"), *common, "trainer.grad_accum_steps=2", f"output_dir={root / 'run1'}"], script=RANGE_TEST)
+    return root
+
+
+def test_the_probe_trains_each_candidate_and_keeps_the_lowest_validation_loss(probed):
+    ranks = reports(probed / "two")
+    assert ranks[0]["probe_losses"] == ranks[1]["probe_losses"] and ranks[0]["max_lr"] == ranks[1]["max_lr"]
+    pick = ranks[0]["suggestions"]["floor_edge"]
+    candidates = dict(ranks[0]["probe_losses"])
+    assert list(candidates) == pytest.approx([pick, 3 * pick])
+    assert ranks[0]["max_lr"] == min(candidates, key=candidates.get) and ranks[0]["policy"] == "floor_edge+probe"
+    assert 0 < candidates[ranks[0]["max_lr"]] < math.log(10)  # the chosen one trained: below chance
+    found = json.loads((probed / "run2" / "lr_finder.json").read_text())
+    assert found["max_lr"] == ranks[0]["max_lr"] and [tuple(p) for p in found["probe_losses"]] == list(candidates.items())
+
+
+def test_the_probe_leaves_the_model_as_it_was(probed):
+    one = json.loads((probed / "one" / "rank0.json").read_text())
+    for report in [*reports(probed / "two"), one]:
+        assert report["weights_restored_exactly"] and report["no_gradients_left"]
+    # The candidates are the same on 1 process; their losses are not quite: under DDP, batch norm's running statistics
+    # are rank 0's (broadcast each forward), where one process accumulating both micro-batches sees the whole batch.
+    assert [lr for lr, _ in one["probe_losses"]] == pytest.approx([lr for lr, _ in reports(probed / "two")[0]["probe_losses"]])
+
+
+def test_a_run_trains_at_the_probes_choice(digits_args, tmp_path):
+    run(digits_args(*FAST, *PROBE, "trainer.epochs=1"))
+    found, info = json.loads((tmp_path / "run" / "lr_finder.json").read_text()), summary(tmp_path / "run")
+    assert info["lr_policy"] == "floor_edge+probe" and info["max_lr"] == found["max_lr"] in dict(found["probe_losses"])
+    assert info["lr_finder_seconds"] == pytest.approx(found["seconds"] + found["probe_seconds"], abs=1e-3) and found["probe_seconds"] > 0

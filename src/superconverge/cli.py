@@ -281,6 +281,8 @@ def print_suggestions(found: RangeTestResult, run_dir: Path) -> None:
         table.add_column(column)
     for name, lr in found.suggestions.items():
         table.add_row(name, f"{lr:.3e}", "yes" if found.chosen == name else "")
+    for lr, loss in found.probe_losses:
+        table.add_row(f"probe (validation loss {loss:.4g})", f"{lr:.3e}", "yes" if lr == found.max_lr else "")
     if found.fallback_used:
         table.add_row("fallback", f"{found.max_lr:.3e}", "yes")
     console = Console(soft_wrap=True)
@@ -290,5 +292,6 @@ def print_suggestions(found: RangeTestResult, run_dir: Path) -> None:
     )
     console.print(table)
     if found.lr_at_minimum:
-        console.print(f"lowest loss at lr {found.lr_at_minimum:.3e}; every suggestion lies below it")
+        console.print(f"lowest loss at lr {found.lr_at_minimum:.3e}; every policy's suggestion lies below it"
+                      + (f" (the probe's candidates may not; {found.probe_seconds:.1f} s)" if found.probe_losses else ""))  # fmt: skip
     console.print(f"curve and suggestions: {run_dir / 'lr_finder.json'} and {run_dir / 'lr_finder.png'}")

@@ -21,19 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.utils import broadcast_object_list, gather_object, send_to_device
 from torch import nn
 from torch.utils.data import DataLoader
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
-from superconverge import jsonfile, lr_rules
+from superconverge import jsonfile, lr_probe, lr_rules
 from superconverge.batches import BatchLayout, EpochPlan, RankSampler
 from superconverge.config import Config, LRFinderConfig, OptimizerConfig
 from superconverge.console import RunConsole
 from superconverge.lr_rules import RangeTestError
 from superconverge.schedule import build_optimizer, follow_head_lr
-from superconverge.step import TrainStep
+from superconverge.step import TrainStep, unprepared_step
 from superconverge.task import Task
 
 
@@ -59,6 +58,8 @@ class RangeTestResult:
     max_lr: float = math.nan
     fallback_used: bool = False
     error: str | None = None
+    probe_losses: list[tuple[float, float]] = field(default_factory=list)  # lr_finder.probe: (candidate max_lr, validation loss)
+    probe_seconds: float = 0.0
 
     @property
     def iterations(self) -> int:
@@ -66,7 +67,7 @@ class RangeTestResult:
 
     @property
     def chosen(self) -> str:
-        return "fallback" if self.fallback_used else self.policy
+        return "fallback" if self.fallback_used else self.policy + ("+probe" if self.probe_losses else "")
 
 
 @dataclass
@@ -343,19 +344,12 @@ def range_test_optimizer(cfg: Config) -> OptimizerConfig:
     return cfg.optimizer.model_copy(update={"momentum": momentum, "betas": (momentum, cfg.optimizer.betas[1])})
 
 
-def range_test_step(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainStep:
-    """The training step over the range test's optimizer, wrapped as Accelerate wraps the trainer's (scaler,
-    accumulation) but not prepared: it must not enter the checkpoint."""
-    wrapped = AcceleratedOptimizer(optimizer, device_placement=False, scaler=accelerator.scaler)
-    return TrainStep(cfg.trainer, accelerator, task, model, wrapped, cfg.seed)
-
-
 def find_max_lr(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, console: RunConsole) -> MaxLRChoice:
     """Run the range test on every rank; rank 0 picks max_lr and every rank gets its result (or error)."""
     if cfg.schedule.max_lr != "auto":
         return MaxLRChoice(float(cfg.schedule.max_lr), "fixed")
     optimizer = build_optimizer(range_test_optimizer(cfg), model, cfg.lr_finder.start_lr, task.head)  # the trainer builds its own
-    step = range_test_step(cfg, accelerator, task, model, optimizer)
+    step = unprepared_step(cfg, accelerator, task, model, optimizer)
     scaler_state = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
     console.start_phase("LR test", cfg.lr_finder.num_iter * cfg.trainer.grad_accum_steps)  # at most: sweeps stop on divergence
     result = run_range_test(cfg, task, step, accelerator, console.advance)
@@ -367,7 +361,22 @@ def find_max_lr(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Mod
     payload = broadcast_object_list([payload], from_process=0)[0]
     if isinstance(payload, str):
         raise RangeTestError(payload)
-    return MaxLRChoice(payload.max_lr, payload.chosen, payload.seconds, range_test=payload, suggestions=payload.suggestions)
+    if cfg.lr_finder.probe and not payload.fallback_used:
+        _probe(cfg, accelerator, task, model, payload, console)
+    return MaxLRChoice(payload.max_lr, payload.chosen, payload.seconds + payload.probe_seconds, range_test=payload,
+                       suggestions=payload.suggestions)  # fmt: skip
+
+
+def _probe(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, result: RangeTestResult, console: RunConsole) -> None:
+    """Train short cycles around the policy's pick (every rank) and keep the best; the artifacts show them."""
+    started = time.perf_counter()
+    losses = lr_probe.probe(cfg, accelerator, task, model, result.max_lr, console)
+    result.max_lr, result.probe_seconds = lr_probe.best(losses), time.perf_counter() - started
+    result.probe_losses = list(losses.items())
+    found = " ".join(f"{lr:.3g}:{loss:.4g}" for lr, loss in losses.items())
+    console.line(f"LR probe (validation loss) {found} chosen max_lr={result.max_lr:.4g} seconds={result.probe_seconds:.1f}")
+    if accelerator.is_main_process:
+        write_artifacts(result, Path(cfg.output_dir))
 
 
 def _decide(result: RangeTestResult, cfg: Config, chance_loss: float | None, console: RunConsole) -> RangeTestResult | str:

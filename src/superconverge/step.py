@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from accelerate.optimizer import AcceleratedOptimizer
 
 from superconverge.batches import MicroBatch
-from superconverge.config import TrainerConfig
+from superconverge.config import Config, TrainerConfig
 from superconverge.task import Task
 
 
@@ -70,3 +70,11 @@ class TrainStep:
     def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepOutput:
         outputs = self.model(self.eval_inputs(inputs)).float()
         return StepOutput(self.task.loss(outputs, targets).detach().reshape(()), outputs)
+
+
+def unprepared_step(cfg: Config, accelerator: Accelerator, task: Task, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer) -> TrainStep:  # fmt: skip
+    """The training step over an optimizer of its own (the range test's, the probe's), wrapped as Accelerate wraps the
+    trainer's (scaler, accumulation) but not prepared: it must not enter the checkpoint."""
+    wrapped = AcceleratedOptimizer(optimizer, device_placement=False, scaler=accelerator.scaler)
+    return TrainStep(cfg.trainer, accelerator, task, model, wrapped, cfg.seed)

@@ -43,6 +43,9 @@ def main() -> None:
         "iterations": choice.range_test.iterations,
         "iterations_run": choice.range_test.iterations_run,
         "raw_losses": choice.range_test.raw_losses,
+        "suggestions": choice.range_test.suggestions,
+        "probe_losses": choice.range_test.probe_losses,
+        "policy": choice.policy,
     }
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps(report))

@@ -1,0 +1,85 @@
+"""The LR probe: short one-cycle runs at a few multiples of the range test's pick, kept by validation loss.
+
+A rule reads the range test's curve, and never answers past its minimum; yet one cycle often trains
+best well above the curve's bend (SGD, large batches: issue 18). The probe trains instead: from the
+same weights, each candidate runs ``lr_finder.probe_steps`` optimizer steps of the training step
+under a one-cycle schedule of that length, then the loss on part of the validation split (the
+training split without one) decides. Every rank trains its share of each global batch, the loss is
+reduced across ranks, so every rank makes the same choice; weights, buffers and the scaler come back
+as they were. Opt-in: its cost is ``len(probe_factors) * probe_steps`` optimizer steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import send_to_device
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from superconverge.batches import BatchLayout, EpochPlan, RankSampler
+from superconverge.config import Config
+from superconverge.console import RunConsole
+from superconverge.schedule import build_one_cycle, build_optimizer
+from superconverge.step import TrainStep, unprepared_step
+from superconverge.task import Task
+
+
+def probe(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, pick: float, console: RunConsole) -> dict[float, float]:
+    """Each candidate max_lr (``pick`` x each factor) and its validation loss after its short cycle (inf if it blew up)."""
+    weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+    plan = EpochPlan(len(task.data.train), BatchLayout.configured(cfg, accelerator.num_processes), cfg.seed, drop_last=True)
+    losses = {}
+    for factor in cfg.lr_finder.probe_factors:
+        console.start_phase(f"LR probe x{factor:g}", cfg.lr_finder.probe_steps * plan.layout.accum)
+        losses[pick * factor] = _candidate(cfg, accelerator, task, model, plan, pick * factor, console)
+        model.load_state_dict(weights)
+        if scaler is not None:
+            accelerator.scaler.load_state_dict(scaler)
+    return losses
+
+
+def best(losses: dict[float, float]) -> float:
+    return min(losses, key=lambda lr: losses[lr] if math.isfinite(losses[lr]) else math.inf)
+
+
+def _candidate(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, plan: EpochPlan, max_lr: float,
+               console: RunConsole) -> float:  # fmt: skip
+    optimizer = build_optimizer(cfg.optimizer, model, max_lr / cfg.schedule.div_factor, task.head)
+    step = unprepared_step(cfg, accelerator, task, model, optimizer)
+    schedule = build_one_cycle(cfg.schedule, optimizer, max_lr, cfg.lr_finder.probe_steps)
+    sampler = RankSampler(plan, accelerator.process_index, endless=True)
+    loader = DataLoader(task.data.train, batch_sampler=sampler, num_workers=task.data.workers)
+    micro_batches = itertools.islice(sampler.micro_batches(), cfg.lr_finder.probe_steps * plan.layout.accum)
+    accelerator.step = 0  # Accelerate's micro-step count: a cycle starts at a global batch's first micro-batch
+    model.train()
+    for done, (micro, batch) in enumerate(zip(micro_batches, loader, strict=False), 1):  # the loader is endless
+        inputs, targets = send_to_device(batch, accelerator.device)
+        step(inputs, targets, micro)
+        if accelerator.sync_gradients:
+            schedule.step()
+        console.advance(done)
+    return _validation_loss(cfg, accelerator, task, step)
+
+
+def _validation_loss(cfg: Config, accelerator: Accelerator, task: Task, step: TrainStep) -> float:
+    """The mean loss over the first ``probe_val_samples`` of the validation split, each rank a strided share of it."""
+    split = task.data.val if task.data.val is not None else task.data.train
+    rows = range(accelerator.process_index, min(len(split), cfg.lr_finder.probe_val_samples), accelerator.num_processes)
+    loader = DataLoader(Subset(split, rows), batch_size=cfg.data.batch_size, num_workers=task.data.workers)
+    # The module inside DDP: ranks may hold one batch more or fewer, and DDP's forward can be a collective.
+    inner = accelerator.unwrap_model(step.model)
+    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    inner.eval()
+    with torch.no_grad():
+        for batch in loader:
+            inputs, targets = send_to_device(batch, accelerator.device)
+            loss = task.loss(inner(step.eval_inputs(inputs)).float(), targets)
+            totals[0] += loss.double() * len(targets)
+            totals[1] += len(targets)
+    loss_sum, count = accelerator.reduce(totals, reduction="sum").tolist()
+    return loss_sum / count if math.isfinite(loss_sum) else math.inf
