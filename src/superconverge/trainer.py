@@ -210,7 +210,7 @@ class Trainer:
                 totals.add(acc, out.loss, out.outputs, targets)
             if acc.sync_gradients:
                 self._after_optimizer_step()
-            self._report_batch(totals, began, first * self.layout.accum, done)
+            self._report_batch(totals, first * self.layout.accum, done)
             if acc.sync_gradients:
                 if self._stop_requested():
                     self._bank_train_time(began, totals)
@@ -226,18 +226,18 @@ class Trainer:
     def _totals(self, already_global: list[float] | None = None, padded: bool = True) -> SplitTotals:
         return SplitTotals(self.accelerator.device, self.task.loss, self.task.classifies, already_global, padded)
 
-    def _report_batch(self, totals: SplitTotals, began: float, before: int, done: int) -> None:
+    def _report_batch(self, totals: SplitTotals, before: int, done: int) -> None:
         """Console progress every batch (``before`` + ``done`` of the epoch's micro-steps); the numbers (one host sync)
-        only at reporting points."""
+        only at reporting points. The rate is this invocation's over the epoch so far, checkpoint saves included."""
         if not self.accelerator.is_main_process:
             return
         state = self.state
 
         @functools.cache
         def stats() -> dict:
-            seen = done * self.layout.micro * self.layout.world
+            rate = done * self.layout.micro * self.layout.world / max(time.perf_counter() - self._epoch_began, 1e-9)
             lr, momentum = self.optimizer.param_groups[0]["lr"], current_momentum(self.optimizer)
-            return {"loss": totals.running_loss(), "lr": lr, "mom": momentum, "img/s": seen / max(time.perf_counter() - began, 1e-9)}
+            return {"loss": totals.running_loss(), "lr": lr, "mom": momentum, "img/s": rate}
 
         self.console.advance(before + done, stats)
         every = self.cfg.tracking.wandb.log_every_steps
