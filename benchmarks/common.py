@@ -67,3 +67,18 @@ def run_in_process(entry: str, argv: list[str]) -> int:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def write_paired_report(name: str, lines: list[str], diffs: dict[str, list[float]], what: str = "") -> Path:
+    """A paired benchmark's table, then each half's mean, worst and best difference, to ``results/<name>.md`` (printed)."""
+    import statistics
+
+    lines = [*lines, ""]
+    for half, values in diffs.items():
+        if values:
+            mean, worst, top = statistics.mean(values), min(values), max(values)
+            lines.append(f"- {half}: mean difference{what} {mean:+.2f} points, worst {worst:+.2f}, best {top:+.2f}")
+    out = RESULTS / f"{name}.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(out.read_text())
+    return out

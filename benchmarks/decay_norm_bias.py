@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine_header  # noqa: E402
+from common import machine_header, write_paired_report  # noqa: E402
 from lr_policies import Job, accuracy, run_all, seeds  # noqa: E402
 from lr_tasks import TASKS  # noqa: E402
 
@@ -65,14 +65,7 @@ def main() -> None:
             f"| {task.half} | {task.name} | {decay} | {statistics.geometric_mean([a.max_lr for a, _ in both]):.2e} | "
             f"{statistics.geometric_mean([b.max_lr for _, b in both]):.2e} | {100 * acc_on:.2f} | {100 * acc_off:.2f} | {diff:+.2f} |"
         )
-    lines.append("")
-    for half, values in diffs.items():
-        if values:
-            mean, worst, top = statistics.mean(values), min(values), max(values)
-            lines.append(f"- {half}: mean difference (off - on) {mean:+.2f} points, worst {worst:+.2f}, best {top:+.2f}")
-    out = RESULTS / "decay_norm_bias.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(out.read_text())
+    write_paired_report("decay_norm_bias", lines, diffs, " (off - on)")
 
 
 if __name__ == "__main__":

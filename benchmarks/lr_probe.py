@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine_header  # noqa: E402
+from common import machine_header, write_paired_report  # noqa: E402
 from lr_policies import Job, accuracy, run_all, seeds  # noqa: E402
 from lr_tasks import TASKS  # noqa: E402
 
@@ -73,14 +73,7 @@ def main() -> None:
             f"{statistics.geometric_mean([p['probe'].max_lr for p, _ in pairs]):.2e} | {factors} | {100 * rule_acc:.2f} | "
             f"{100 * probe_acc:.2f} | {diff:+.2f} | {100 * cost:.1f} |"
         )
-    lines.append("")
-    for half, values in diffs.items():
-        if values:
-            mean, worst, top = statistics.mean(values), min(values), max(values)
-            lines.append(f"- {half}: mean difference {mean:+.2f} points, worst {worst:+.2f}, best {top:+.2f}")
-    out = RESULTS / "lr_probe.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(out.read_text())
+    write_paired_report("lr_probe", lines, diffs)
 
 
 if __name__ == "__main__":
