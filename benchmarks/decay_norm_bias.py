@@ -56,8 +56,8 @@ def main() -> None:
                 if (task.name, s, "-probe") in runs and (task.name, s, "-nodecay") in runs]  # fmt: skip
         if not both:
             continue
-        acc_on = statistics.mean(accuracy(done[a]) for a, _ in both)
-        acc_off = statistics.mean(accuracy(done[b]) for _, b in both)
+        acc_on = statistics.mean(accuracy(a, done[a]) for a, _ in both)
+        acc_off = statistics.mean(accuracy(b, done[b]) for _, b in both)
         diff = 100 * (acc_off - acc_on)
         diffs[task.half].append(diff)
         decay = next((o.split("=")[1] for o in task.overrides if o.startswith("optimizer.weight_decay=")), "0.01")

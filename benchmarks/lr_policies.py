@@ -1,17 +1,18 @@
-"""Which range-test rule picks max_lr best, chosen on half of a task matrix and judged on the other half.
+"""How max_lr is best chosen (a rule reading the range test's curve, or a probe that trains), tuned on
+half of a task matrix and judged on the other half.
 
-    .venv/bin/python benchmarks/lr_policies.py            # every phase; ~45 min on 2 cores (80 min of runs, 2 at a time)
+    .venv/bin/python benchmarks/lr_policies.py            # every phase; ~90 min on 2 cores
     .venv/bin/python benchmarks/lr_policies.py grid       # one phase: grid | curves | verify | report
 
 1. grid: one-cycle runs at fixed max_lr over a half-decade grid for every task x seed
    (a grid whose best point is at an edge grows by one step on that side until it is not).
-2. curves: range tests per task x seed, at the optimizer's own momentum and at one cycle's peak momentum.
-3. select: every candidate (range-test setting x way of reading the curve x rule x constant) is
-   scored on the tune half only, by accuracy interpolated on the grid at the LR it picks; the
-   lowest worst-case regret wins (mean regret breaks ties).
-4. verify: real one-cycle runs at the winner's pick and at the old default's pick (steepest descent
-   of torch-lr-finder's EMA curve) on every task x seed; the held-out half's regrets are the ones
-   the README reports.
+2. curves: per task x seed, the range test in the product's setting, then the probe over wide
+   factors of the default rule's pick (every candidate cycle recorded).
+3. select: every candidate (curve rule x curve reading x constant; the same per optimizer family;
+   a probe over a subset of the factors, with a cap and a margin) is scored on the tune half only,
+   by the grid's mean interpolated at each pick; the lowest worst-case regret wins.
+4. verify: real one-cycle runs at each winner's picks on every task x seed; the held-out half's
+   regrets are the ones the README reports.
 
 Runs are cached under benchmarks/results/tmp/lr_policies/ (a rerun continues where it stopped).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
 from collections.abc import Callable
@@ -28,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, SCRATCH, machine_header, read_json, run_in_process  # noqa: E402
-from lr_tasks import TASKS, Task  # noqa: E402
+from lr_tasks import PRETRAIN_ARGV, PRETRAINED, TASKS, Task  # noqa: E402
 
 from superconverge import lr_rules  # noqa: E402
 from superconverge.lr_rules import Curve  # noqa: E402
@@ -62,6 +65,8 @@ class Job:
 def execute(job: Job) -> tuple[Job, dict]:
     """Run one job (or read its cached result): a range test's record, or a run's summary."""
     done = job.run_dir / ("lr_finder.json" if job.kind == "curve" else "summary.json")
+    if done.exists() and job.kind != "curve" and not read_json(done)["completed"]:
+        shutil.rmtree(job.run_dir)  # a run stopped by a signal (its summary says so): run it again from the start
     if not done.exists():
         code = run_in_process("lr_find" if job.kind == "curve" else "train", job.argv())
         if code != 0 and job.kind != "curve":
@@ -69,6 +74,20 @@ def execute(job: Job) -> tuple[Job, dict]:
         if not done.exists():
             return job, {"error": f"exit {code}"}
     return job, read_json(done)
+
+
+def pretrain() -> None:
+    """The fine-tune tasks' backbone: a product run on other classes, its final weights saved as a state dict."""
+    if PRETRAINED.exists():
+        return
+    from safetensors.torch import load_file
+
+    run_dir = PRETRAINED.parent / "run"
+    if run_in_process("train", [*PRETRAIN_ARGV, f"output_dir={run_dir}"]) != 0:
+        raise RuntimeError("the fine-tune tasks' pretraining run failed")
+    summary = read_json(run_dir / "summary.json")
+    print(f"pretrained the fine-tune backbone: test accuracy {summary['test_acc']:.4f} on its 6 classes", flush=True)
+    torch.save(load_file(run_dir / "checkpoints" / "last" / "model.safetensors"), PRETRAINED)
 
 
 def run_all(jobs: list[Job]) -> dict[Job, dict]:
@@ -84,9 +103,9 @@ def run_all(jobs: list[Job]) -> dict[Job, dict]:
     return results
 
 
-def accuracy(summary: dict) -> float:
-    acc = summary.get("test_acc")
-    return acc if acc is not None and acc == acc else 0.0  # a diverged run (NaN) counts as 0
+def accuracy(job: Job, summary: dict) -> float:
+    """The run's score: test accuracy, or R^2 on a regression task (Task.score)."""
+    return TASK[job.task].score(summary)
 
 
 def seeds(task: Task) -> range:
@@ -101,7 +120,7 @@ def grid_means(task: Task, results: dict[Job, dict]) -> dict[float, float]:
     by_exponent: dict[float, list[float]] = {}
     for job, summary in results.items():
         if job.task == task.name and job.kind == "grid":
-            by_exponent.setdefault(round(math.log10(job.max_lr), 3), []).append(accuracy(summary))
+            by_exponent.setdefault(round(math.log10(job.max_lr), 3), []).append(accuracy(job, summary))
     return {e: statistics.mean(v) for e, v in sorted(by_exponent.items()) if len(v) == task.seeds}
 
 
@@ -135,60 +154,115 @@ def run_grid() -> dict[Job, dict]:
         results |= run_all(extra)
 
 
-# --- phase 2: the curves and the candidate rules -------------------------------------------------
+# --- phase 2: the curves, the probe's candidates, and the candidate rules ------------------------------
 
-
-# Range-test settings tried, lr_finder.num_iter 100 (one sweep of 100 steps over 1e-6..10) each
-# (label: the run directories' suffix): at the optimizer's own momentum, and at one cycle's momentum
-# at max_lr (lr_finder.peak_momentum, schedule.base_momentum 0.85).
-SETTINGS = {
-    "own momentum": ("-sweep100", ("lr_finder.peak_momentum=false",)),
-    "peak momentum": ("-peak100", ()),
-}
-Curves = dict[tuple[str, str, int], dict]  # (setting, task, seed) -> lr_finder.json
+# One range test per task x seed in the product's setting (lr_finder.num_iter 100 at one cycle's peak
+# momentum), followed by the probe over a wide set of factors of the default rule's pick, each
+# candidate trained PROBE_STEPS optimizer steps from the same weights on the same batches. Candidates
+# are independent, so any probe over a subset of these factors is read off this one record.
+PROBE_FACTORS = (1, 1.6, 2.5, 4, 6, 10)
+PROBE_STEPS = 30
+CURVE_LABEL = f"-wide{PROBE_STEPS}"
+CURVE_EXTRA = ("lr_finder.probe=true", f"lr_finder.probe_factors=[{','.join(map(str, PROBE_FACTORS))}]",
+               f"lr_finder.probe_steps={PROBE_STEPS}")  # fmt: skip
+Curves = dict[tuple[str, int], dict]  # (task, seed) -> lr_finder.json
 
 
 def run_curves() -> Curves:
-    jobs = {Job("curve", task.name, seed, label=label, extra=extra): (setting, task.name, seed)
-            for setting, (label, extra) in SETTINGS.items() for task in TASKS for seed in seeds(task)}  # fmt: skip
-    return {jobs[job]: found for job, found in run_all(list(jobs)).items()}
-
-
-def _capped(rule: Callable[[Curve], float]) -> Callable[[Curve], float]:
-    """A rule's answer, never at or past the curve's minimum (what the product guarantees)."""
-
-    def capped(curve: Curve) -> float:
-        return min(rule(curve), curve.lr_at_minimum / 1.25)
-
-    return capped
+    jobs = [Job("curve", task.name, seed, label=CURVE_LABEL, extra=CURVE_EXTRA) for task in TASKS for seed in seeds(task)]
+    return {(job.task, job.seed): found for job, found in run_all(jobs).items()}
 
 
 # How the raw curve is read: centred smoothing width (decades) and the rise that starts the tail.
 VARIANTS = {
-    " [w0.2 half]": (0.2, 0.5, 0.1),
-    " [w0.4 half]": (0.4, 0.5, 0.1),
-    " [w0.2 bump]": (0.2, 0.05, 0.3),
+    " [w0.2 bump]": (0.2, 0.05, 0.3),  # the product's (lr_rules.SMOOTH_DECADES, TAIL_RISE, TAIL_RISE_OF_MIN)
     " [w0.4 bump]": (0.4, 0.05, 0.3),
+    " [w0.2 half]": (0.2, 0.5, 0.1),
 }
+DEFAULT_VARIANT = " [w0.2 bump]"
+
+
+def analyze(found: dict, task: Task, variant: str = DEFAULT_VARIANT) -> Curve | None:
+    width, rise, rise_of_min = VARIANTS[variant]
+    sweeps = found.get("sweeps", 1)  # skips are per sweep, as in the product
+    try:
+        return lr_rules.analyze(found["lrs"], found["raw_losses"], 10 * sweeps, 5 * sweeps, chance_loss=task.chance_loss,
+                                smooth_decades=width, tail_rise=rise, tail_rise_of_min=rise_of_min)  # fmt: skip
+    except lr_rules.RangeTestError:
+        return None
+
+
+def _capped(rule: Callable[[Curve], float]) -> Callable[[Curve], float]:
+    """A rule's answer, never at or past the curve's minimum (what the product guarantees)."""
+    return lambda curve: min(rule(curve), curve.lr_at_minimum / 1.25)
 
 
 def rule_families() -> dict[str, Callable[[Curve], float]]:
     rules: dict[str, Callable[[Curve], float]] = {"steepest": lr_rules.steepest, "valley": lr_rules.valley}
     for k in (1.25, 1.5, 2, 2.5, 3, 4, 6, 10):
         rules[f"minimum/{k:g}"] = lr_rules.minimum_div(k)
-    for k in (2, 3, 5, 10):
+    for k in (1.5, 2, 3, 5):
         rules[f"tail/{k:g}"] = _capped(lambda c, k=k: (c.tail_lr or c.lr_at_minimum) / k)
     for k in (2, 3, 5):
         rules[f"steepest*{k:g}"] = _capped(lambda c, k=k: lr_rules.steepest(c) * k)
-    rules["geomean(steepest, minimum/1.5)"] = _capped(lambda c: math.sqrt(lr_rules.steepest(c) * c.lr_at_minimum / 1.5))
     for k in (0.02, 0.05, 0.1, 0.2):
         rules[f"floor_edge({k:g})"] = lr_rules.floor_edge(k)
         rules[f"geomean(floor_edge({k:g}), minimum/1.25)"] = lambda c, k=k: math.sqrt(lr_rules.floor_edge(k)(c) * c.lr_at_minimum / 1.25)
     return rules
 
 
-def old_default(found: dict) -> float | None:
-    """The rule this benchmark replaces: steepest descent of torch-lr-finder's EMA curve (smooth_f 0.05), unrestricted."""
+Candidate = Callable[[dict, Task], float | None]  # (the task x seed's lr_finder.json, the task) -> its max_lr
+
+
+def curve_rule(rule: Callable[[Curve], float], variant: str = DEFAULT_VARIANT) -> Candidate:
+    def candidate(found: dict, task: Task) -> float | None:
+        curve = analyze(found, task, variant)
+        return rule(curve) if curve is not None else None
+
+    return candidate
+
+
+def per_optimizer(adam: Candidate, sgd: Candidate) -> Candidate:
+    """One rule for the Adam family, another for SGD: a rule that knows the optimizer."""
+    return lambda found, task: (sgd if task.sgd else adam)(found, task)
+
+
+def probe_rule(factors: tuple[float, ...], cap: str, margin: float) -> Candidate:
+    """The probe over ``factors`` (of the default rule's pick), read off the wide probe's record.
+
+    cap: "none"; "tail": no candidate at or past the curve's tail (where the range test saw the loss
+    diverge); "minimum": none past the curve's minimum. margin: a candidate above x1 wins only if its
+    validation loss is that share below x1's."""
+
+    def candidate(found: dict, task: Task) -> float | None:
+        losses = found.get("probe_losses") or []
+        if not losses:
+            return found.get("max_lr")  # no probe (an unusable curve): the product's answer
+        losses = [(lr, math.inf if loss is None else loss) for lr, loss in losses]  # JSON writes a blown-up loss as null
+        base, base_loss = losses[0]
+        limit = {"none": math.inf, "tail": found.get("tail_lr") or math.inf, "minimum": found["lr_at_minimum"] * 1.0001}[cap]
+        kept = [(lr, loss) for lr, loss in losses if round(lr / base, 3) in factors and (lr < limit or lr == base)]
+        finite = [(lr, loss) for lr, loss in kept if math.isfinite(loss) and loss < (1 - margin) * base_loss]
+        return min(finite, key=lambda pair: pair[1])[0] if finite else base
+
+    return candidate
+
+
+def probe_variants() -> dict[str, tuple[Candidate, int]]:
+    """Every probe over 2 or 3 of the factors (x1 always among them), cap and margin, with its candidate count."""
+    found = {}
+    others = PROBE_FACTORS[1:]
+    subsets = [(1, a) for a in others] + [(1, a, b) for i, a in enumerate(others) for b in others[i + 1 :]]
+    for factors in subsets:
+        for cap in ("none", "tail", "minimum"):
+            for margin in (0.0, 0.02, 0.05):
+                name = f"probe x{{{', '.join(f'{f:g}' for f in factors)}}} cap={cap} margin={margin:g}"
+                found[name] = (probe_rule(factors, cap, margin), len(factors))
+    return found
+
+
+def old_default(found: dict, task: Task) -> float | None:
+    """The rule round 1 replaced: steepest descent of torch-lr-finder's EMA curve (smooth_f 0.05), unrestricted."""
     raw = np.asarray(found["raw_losses"], dtype=float)
     cut = len(raw) if np.isfinite(raw).all() else int(np.argmin(np.isfinite(raw)))
     ema = [raw[0]]
@@ -198,186 +272,228 @@ def old_default(found: dict) -> float | None:
     return float(lrs[int(np.argmin(np.gradient(losses, np.log10(lrs))))]) if len(lrs) > 5 else None
 
 
-Candidate = tuple[str, str, Callable[[Curve], float] | None]  # (setting, curve reading, rule); rule None: the old default
-
-
-def candidate_rules() -> dict[str, Candidate]:
-    """Every range-test setting x way of reading the curve x rule family x constant."""
-    return {
-        f"{name}{variant} ({setting})": (setting, variant, rule)
-        for setting in SETTINGS
-        for variant in VARIANTS
-        for name, rule in rule_families().items()
-    }
-
-
-def analyze(found: dict, variant: str) -> Curve | None:
-    width, rise, rise_of_min = VARIANTS[variant]
-    sweeps = found.get("sweeps", 1)  # skips are per sweep, as in the product
-    try:
-        return lr_rules.analyze(found["lrs"], found["raw_losses"], 10 * sweeps, 5 * sweeps, chance_loss=math.log(10),
-                                smooth_decades=width, tail_rise=rise, tail_rise_of_min=rise_of_min)  # fmt: skip
-    except lr_rules.RangeTestError:
-        return None
-
-
-def pick(candidate: Candidate, curves: Curves, task: str, seed: int) -> float | None:
-    setting, variant, rule = candidate
-    found = curves[setting, task, seed]
-    if rule is None:
-        return old_default(found)
-    curve = analyze(found, variant)
-    return rule(curve) if curve is not None else None
-
-
 def interpolated(means: dict[float, float], lr: float) -> float:
-    """Mean accuracy at ``lr`` read off the grid, linear in log-LR (constant past its ends)."""
+    """Mean score at ``lr`` read off the grid, linear in log-LR (constant past its ends)."""
     exponents = sorted(means)
     return float(np.interp(math.log10(lr), exponents, [means[e] for e in exponents]))
 
 
-def rule_regrets(candidate: Candidate, curves: Curves, grid: dict[Job, dict]) -> dict[str, float]:
-    """Points below the best grid mean, per task, averaged over seeds (accuracy read off the grid)."""
+Regrets = dict[str, float]  # task -> points below the best grid mean, averaged over seeds
+
+
+def rule_regrets(candidate: Candidate, curves: Curves, grid: dict[Job, dict]) -> Regrets:
+    """Over the seeds whose curve the product accepts: a refused curve gives every candidate the same
+    failed run (the real-run table counts it), and would otherwise decide every worst case."""
     regrets = {}
     for task in TASKS:
         means = grid_means(task, grid)
-        picks = [pick(candidate, curves, task.name, seed) for seed in seeds(task)]
-        accs = [interpolated(means, lr) if lr is not None else 0.0 for lr in picks]
-        regrets[task.name] = 100 * (max(means.values()) - statistics.mean(accs))
+        picks = [candidate(curves[task.name, seed], task) for seed in seeds(task)]
+        scores = [interpolated(means, lr) for lr in picks if lr is not None]
+        regrets[task.name] = 100 * (max(means.values()) - statistics.mean(scores))
     return regrets
 
 
-def select(curves: Curves, grid: dict[Job, dict]) -> tuple[str, dict[str, dict[str, float]]]:
-    """Every candidate's regrets; the winner by worst-case regret on the tune half (mean regret breaks ties)."""
-    table = {name: rule_regrets(candidate, curves, grid) for name, candidate in candidate_rules().items()}
-    tune = [task.name for task in TASKS if task.half == "tune"]
-    winner = min(table, key=lambda n: (max(table[n][t] for t in tune), statistics.mean(table[n][t] for t in tune)))
-    return winner, table
+def halves(regrets: Regrets, tasks: list[Task] | None = None) -> tuple[float, float, float, float]:
+    """(tune worst, tune mean, held-out worst, held-out mean)."""
+    cells = []
+    for half in ("tune", "held_out"):
+        values = [regrets[t.name] for t in tasks or TASKS if t.half == half]
+        cells += [max(values), statistics.mean(values)]
+    return tuple(cells)
 
 
-# --- phase 3: real runs at the picks ----------------------------------------------------------------
+def by_tune(table: dict[str, Regrets], names=None, tasks: list[Task] | None = None) -> str:
+    """The lowest worst-case regret on the tune half (mean regret breaks ties)."""
+    return min(names or table, key=lambda n: halves(table[n], tasks)[:2])
 
-OLD_DEFAULT = "steepest (old default)"
+
+DEFAULT = f"floor_edge({lr_rules.FLOOR_EDGE_SHARE:g})"  # the product's policy, the one to beat
 
 
-def run_verify(curves: Curves, winner: str) -> dict[Job, dict]:
-    candidates = candidate_rules() | {OLD_DEFAULT: ("own momentum", "", None)}
-    jobs = []
-    for task in TASKS:
-        for seed in seeds(task):
-            for name in (winner, OLD_DEFAULT):
-                lr = pick(candidates[name], curves, task.name, seed)
+def candidates() -> tuple[dict[str, Candidate], dict[str, int]]:
+    """Every candidate by name, and the probe candidates' training cycles (0 for a rule that only reads the curve)."""
+    rules = {f"{name}{variant}": curve_rule(rule, variant) for variant in VARIANTS for name, rule in rule_families().items()}
+    rules["steepest of the EMA curve (round 0)"] = old_default
+    cycles = dict.fromkeys(rules, 0)
+    for name, (candidate, count) in probe_variants().items():
+        rules[name], cycles[name] = candidate, count
+    return rules, cycles
+
+
+@dataclass
+class Selection:
+    rules: dict[str, Candidate]
+    cycles: dict[str, int]
+    table: dict[str, Regrets]  # every candidate's regrets read off the grid
+    winners: dict[str, str]  # kind -> candidate name
+
+
+def select(curves: Curves, grid: dict[Job, dict]) -> Selection:
+    """Every candidate's regrets and the winners, each chosen on the tune half only: the best curve rule,
+    the best pair of curve rules per optimizer family, the best probe of 2 cycles and of 3."""
+    rules, cycles = candidates()
+    table = {name: rule_regrets(rule, curves, grid) for name, rule in rules.items()}
+    curve_only = [n for n in table if cycles[n] == 0 and "round 0" not in n]
+    adam_tasks, sgd_tasks = [t for t in TASKS if not t.sgd], [t for t in TASKS if t.sgd]
+    adam, sgd = by_tune(table, curve_only, adam_tasks), by_tune(table, curve_only, sgd_tasks)
+    pair = f"per optimizer: Adam {adam}, SGD {sgd}"
+    rules[pair], cycles[pair] = per_optimizer(rules[adam], rules[sgd]), 0
+    table[pair] = rule_regrets(rules[pair], curves, grid)
+    winners = {
+        "default": f"{DEFAULT}{DEFAULT_VARIANT}",
+        "curve rule": by_tune(table, curve_only),
+        "per optimizer": pair,
+        "probe, 2 cycles": by_tune(table, [n for n in table if cycles[n] == 2]),
+        "probe, 3 cycles": by_tune(table, [n for n in table if cycles[n] == 3]),
+    }
+    return Selection(rules, cycles, table, winners)
+
+
+# --- phase 3: real runs at the winners' picks ------------------------------------------------------
+
+
+Picks = dict[tuple[str, str, int], Job]  # (winner kind, task, seed) -> the run at its pick
+
+
+def verify_jobs(curves: Curves, selection: Selection) -> Picks:
+    """Runs at the same LR are one run (the directory has no label), so winners that agree share them."""
+    jobs = {}
+    for kind, name in selection.winners.items():
+        for task in TASKS:
+            for seed in seeds(task):
+                lr = selection.rules[name](curves[task.name, seed], task)
                 if lr is not None:
-                    jobs.append(Job("verify", task.name, seed, round(lr, 8), label=label(name)))
-    return run_all(jobs)
+                    jobs[kind, task.name, seed] = Job("verify", task.name, seed, round(lr, 8))
+    return jobs
 
 
-def label(name: str) -> str:
-    return "-" + "".join(ch if ch.isalnum() or ch in ".*" else "_" for ch in name.replace("/", "div"))
+def verified(task: Task, runs: dict[Job, dict], jobs: Picks, kind: str) -> tuple[float, list[float]]:
+    """A winner's mean real score on a task (a seed without a usable curve counts as 0) and its picks."""
+    found = [jobs[kind, task.name, seed] for seed in seeds(task) if (kind, task.name, seed) in jobs]
+    scores = [accuracy(job, runs[job]) for job in found] + [0.0] * (task.seeds - len(found))
+    return statistics.mean(scores), [job.max_lr for job in found]
 
 
-def verified(task: Task, runs: dict[Job, dict], name: str) -> tuple[float, list[float]]:
-    found = [(job.max_lr, accuracy(s)) for job, s in runs.items() if job.task == task.name and job.label == label(name)]
-    accs = [a for _, a in found] + [0.0] * (task.seeds - len(found))  # an unusable curve counts as a failed run
-    return statistics.mean(accs), [lr for lr, _ in found]
+def grid_spread(task: Task, grid: dict[Job, dict]) -> tuple[float, float]:
+    """At the best grid LR: the seeds' standard deviation and the standard error of their mean, in points."""
+    means = grid_means(task, grid)
+    best = max(means, key=means.get)
+    scores = [100 * accuracy(job, s) for job, s in grid.items() if job.task == task.name and round(math.log10(job.max_lr), 3) == best]
+    sd = statistics.stdev(scores)
+    return sd, sd / math.sqrt(len(scores))
 
 
 # --- report ------------------------------------------------------------------------------------------
 
+ADOPTED = "probe, 2 cycles"  # the winner the product's lr_finder.probe defaults follow (plotted against the default)
+KINDS = {  # each winner's column heading
+    "default": "the default before (floor_edge)",
+    "curve rule": "best curve rule",
+    "per optimizer": "best rule per optimizer",
+    "probe, 2 cycles": "best probe, 2 cycles",
+    "probe, 3 cycles": "best probe, 3 cycles",
+}
+
 
 def describe(task: Task) -> str:
-    return " ".join(o for o in task.overrides if "root=" not in o)
+    return " ".join(o for o in task.overrides if "root=" not in o and "weights_file=" not in o)
 
 
-def plot(grid, runs, winner: str) -> Path:
-    """Each task's grid (mean accuracy against max_lr) with every seed's real run at the two rules' picks."""
+def write_report(grid, curves: Curves, selection: Selection, runs: dict[Job, dict], jobs: Picks) -> Path:
+    table, cycles, winners = selection.table, selection.cycles, selection.winners
+    summaries = [p for pattern in ("s*-grid-lr*", "s*-verify-lr*") for p in WORK.glob(f"*/{pattern}/summary.json")]
+    seconds = sum(read_json(p)["wall_seconds"] for p in summaries)
+    seconds += sum(found["seconds"] + found["probe_seconds"] for found in curves.values())
+    lines = [
+        "# Choosing max_lr: rules and probes tuned on half the tasks, judged on the other half",
+        "",
+        machine_header(),
+        "",
+        f"{len(TASKS)} tasks (`benchmarks/lr_tasks.py`, two halves of {len(TASKS) // 2}), each a one-cycle run; "
+        f"{sum(len(seeds(t)) for t in TASKS)} task-seeds (5 a task, 6 for the 2k-image one); {seconds / 60:.0f} min of runs. "
+        "For every task x seed: a grid of fixed max_lr in half-decade steps (grown at an edge until its best point is "
+        "inside), one range test in the product's setting followed by the probe over factors "
+        f"{', '.join(map(str, PROBE_FACTORS))} of the default rule's pick ({PROBE_STEPS} optimizer steps each, from the same "
+        "weights, validation loss on up to 2048 samples), and real runs at each winner's picks. Score: test accuracy, "
+        "or R^2 on the regressions, in points. Regret = best grid mean - the winner's mean over seeds.",
+        "",
+        "## Candidates, scored on the grid, chosen on the tune half",
+        "",
+        f"{len(table)} candidates; the winners and the best 25 by tune-half worst case are shown.",
+        "",
+        "Each candidate's picks are scored by the grid's mean (linear in log-LR) at each seed's pick; a winner has the "
+        "lowest worst-case regret on the tune half (mean regret breaks ties). Curve rules answer strictly below the curve's "
+        "minimum; [wW ...] = centred smoothing window of W decades; [... bump] / [... half] = where the diverging tail starts "
+        "(see `lr_rules`). A probe `x{1, a}` trains one short cycle at each factor of `floor_edge`'s pick and keeps the lowest "
+        "validation loss; `cap=tail` drops candidates at or past the curve's tail, `cap=minimum` those past its minimum; "
+        "`margin=m` moves up only on a loss m below x1's. Cycles: short training cycles the candidate costs after the curve.",
+        "",
+        "| candidate | cycles | tune: worst | tune: mean | held-out: worst | held-out: mean |",
+        "|---|---|---|---|---|---|",
+    ]
+    shown = list(dict.fromkeys([*winners.values(), *sorted(table, key=lambda n: halves(table[n])[:2])[:25]]))
+    for name in shown:
+        cells = " | ".join(f"{v:.2f}" for v in halves(table[name]))
+        bold = f"**{name}**" if name in winners.values() else name
+        lines.append(f"| {bold} | {cycles[name]} | {cells} |")
+    lines += ["", "## Real runs at the winners' picks", ""]
+    lines += [
+        "| half | task | best grid max_lr | best % | seed s.d. | s.e. of mean | " + " | ".join(KINDS.values()) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(KINDS),
+    ]
+    regrets: dict[tuple[str, str], list[float]] = {}
+    for task in TASKS:
+        means = grid_means(task, grid)
+        best = max(means, key=means.get)
+        sd, se = grid_spread(task, grid)
+        row = [task.half, task.name, f"{10**best:.1e}", f"{100 * means[best]:.2f}", f"{sd:.2f}", f"{se:.2f}"]
+        for kind in KINDS:
+            score, lrs = verified(task, runs, jobs, kind)
+            regret = 100 * (means[best] - score)
+            regrets.setdefault((task.half, kind), []).append(regret)
+            row.append(f"{regret:.2f} ({statistics.geometric_mean(lrs):.1e})" if lrs else f"{regret:.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Cells: regret in points (the picks' geometric mean max_lr).", ""]
+    refused = [f"{task} seed {seed} ({found['error'].split(':')[0]})" for (task, seed), found in curves.items() if found.get("error")]
+    if refused:
+        lines += [f"Curves the product refused (a failed run, score 0, in every column): {'; '.join(refused)}.", ""]
+    for kind, name in winners.items():
+        parts = [f"{h} worst {max(regrets[h, kind]):.2f}, mean {statistics.mean(regrets[h, kind]):.2f}" for h in ("tune", "held_out")]
+        lines.append(f"- {KINDS[kind]} (`{name}`): " + "; ".join(parts))
+    lines += ["", "## Tasks", "", "| half | task | seeds | grid max_lr (mean score %) | settings |", "|---|---|---|---|---|"]
+    for task in TASKS:
+        cells = ", ".join(f"{10**e:.1e} ({100 * a:.1f})" for e, a in grid_means(task, grid).items())
+        lines.append(f"| {task.half} | {task.name} | {task.seeds} | {cells} | `{describe(task)}` |")
+    out = RESULTS / "lr_policies.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def plot(grid: dict[Job, dict], runs: dict[Job, dict], jobs: Picks, kinds: tuple[str, str]) -> Path:
+    """Each task's grid (mean score against max_lr) with every seed's real run at two winners' picks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(3, 4, figsize=(16, 10))
+    figure, axes = plt.subplots(4, 5, figsize=(20, 13))
     for ax, task in zip(axes.flat, TASKS, strict=True):
         means = grid_means(task, grid)
-        lrs, accs = [10**e for e in means], [100 * a for a in means.values()]
-        ax.plot(lrs, accs, color="black", marker=".", label="fixed max_lr (mean over seeds)")
-        for name, style in ((winner, dict(color="tab:red", marker="o")), (OLD_DEFAULT, dict(color="0.5", marker="x"))):
-            found = [(job.max_lr, 100 * accuracy(s)) for job, s in runs.items() if job.task == task.name and job.label == label(name)]
-            ax.scatter([lr for lr, _ in found], [a for _, a in found], label=name, **style)
-        top = max(accs)
-        ax.set_ylim(top - 12, top + 2)
+        scores = [100 * a for a in means.values()]
+        ax.plot([10**e for e in means], scores, color="black", marker=".", label="fixed max_lr (mean over seeds)")
+        for kind, style in zip(kinds, (dict(color="0.5", marker="x"), dict(color="tab:red", marker="o")), strict=True):
+            found = [jobs[kind, task.name, seed] for seed in seeds(task) if (kind, task.name, seed) in jobs]
+            ax.scatter([job.max_lr for job in found], [100 * accuracy(job, runs[job]) for job in found], label=KINDS[kind], **style)
+        ax.set_ylim(max(scores) - 12, max(scores) + 2)
         ax.set_xscale("log")
         ax.set_title(f"{task.name} ({task.half})", fontsize=9)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7, loc="lower left")
     figure.supxlabel("max_lr")
-    figure.supylabel("test accuracy %")
+    figure.supylabel("test accuracy (R^2 for the regressions) %")
     figure.tight_layout()
     out = RESULTS / "lr_policies.png"
-    figure.savefig(out, dpi=90)
-    return out
-
-
-def write_report(grid, curves, table, winner: str, runs) -> Path:
-    tune = [t for t in TASKS if t.half == "tune"]
-    held = [t for t in TASKS if t.half == "held_out"]
-    seconds = sum(read_json(p)["wall_seconds"] for p in WORK.glob("*/*/summary.json"))
-    lines = [
-        "# Choosing the max_lr rule: tuned on half the tasks, judged on the other half",
-        "",
-        machine_header(),
-        "",
-        f"{len(TASKS)} tasks (`benchmarks/lr_tasks.py`), each a one-cycle run. "
-        "For every task x seed: a grid of fixed max_lr in half-decade steps (grown at an edge until its best point is inside), "
-        "range tests in two settings, and real runs at the picks of the winning rule and of the old default (steepest descent of "
-        "torch-lr-finder's EMA curve). Accuracy is on the test split "
-        "(Fashion-MNIST: 10k images; digits: 359 images, 0.28 points each, hence 5 seeds; 6 seeds for the 2k-image task, "
-        "whose runs vary most). Regret = best grid mean - the "
-        f"rule's mean, in points. {sum(len(seeds(t)) for t in TASKS)} task-seeds; {seconds / 60:.0f} min of run time (2 at a time).",
-        "",
-        "## The rule, chosen on the tune half only",
-        "",
-        "Candidates are scored by accuracy read off each task's grid (linear in log-LR) at each seed's pick; the winner has the "
-        "lowest worst-case regret on the tune half (mean regret breaks ties). Every rule answers strictly below the LR of the "
-        "curve's minimum. Range-test settings: lr_finder.num_iter 100 (one sweep of 100 steps over 1e-6..10), at the "
-        "optimizer's own momentum, or at the momentum one cycle has at max_lr (lr_finder.peak_momentum: schedule.base_momentum, 0.85). "
-        "Curve readings: [wW ...] = centred smoothing window of W decades; [... half] = the diverging tail starts where the loss "
-        "regains half its descent (and rises 10 % above its lowest value so far); "
-        "[... bump] = where it rises 30 % above its lowest value so far (and 5 % of its descent), "
-        "so a first bump counts as the tail.",
-        "",
-        "| rule [how the curve is read] (range-test setting) | tune: worst | tune: mean | held-out: worst | held-out: mean |",
-        "|---|---|---|---|---|",
-    ]
-    for name, regrets in sorted(table.items(), key=lambda item: max(item[1][t.name] for t in tune)):
-        cells = [f"{f([regrets[t.name] for t in half]):.2f}" for half in (tune, held) for f in (max, statistics.mean)]
-        lines.append(f"| {'**' + name + '**' if name == winner else name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Winner: **{winner}**.", "", "## Real runs at the picks", "", "![accuracy against max_lr](lr_policies.png)", ""]
-    lines += ["| half | task | best grid max_lr | best grid acc % | " + f"{winner}: max_lr (geo-mean) | acc % | regret | "
-              "old default: max_lr | acc % | regret |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    worst = {}
-    for task in TASKS:
-        means = grid_means(task, grid)
-        best = max(means, key=means.get)
-        row = [task.half, task.name, f"{10**best:.1e}", f"{100 * means[best]:.2f}"]
-        for name in (winner, OLD_DEFAULT):
-            acc, lrs = verified(task, runs, name)
-            regret = 100 * (means[best] - acc)
-            worst.setdefault((task.half, name), []).append(regret)
-            row += [f"{statistics.geometric_mean(lrs):.2e}" if lrs else "-", f"{100 * acc:.2f}", f"{regret:.2f}"]
-        lines.append("| " + " | ".join(row) + " |")
-    lines += [""]
-    for half in ("tune", "held_out"):
-        for name in (winner, OLD_DEFAULT):
-            regrets = worst[half, name]
-            lines.append(f"- {half}, {name}: worst regret {max(regrets):.2f}, mean {statistics.mean(regrets):.2f} points")
-    lines += ["", "## Tasks", "", "| half | task | seeds | grid max_lr (mean acc %) | settings |", "|---|---|---|---|---|"]
-    for task in TASKS:
-        means = grid_means(task, grid)
-        cells = ", ".join(f"{10**e:.1e} ({100 * a:.1f})" for e, a in means.items())
-        lines.append(f"| {task.half} | {task.name} | {task.seeds} | {cells} | `{describe(task)}` |")
-    out = RESULTS / "lr_policies.md"
-    out.write_text("\n".join(lines) + "\n")
+    figure.savefig(out, dpi=80)
     return out
 
 
@@ -385,6 +501,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ["WANDB_MODE"] = "disabled"
     phases = sys.argv[1:] or ["grid", "curves", "verify", "report"]
+    pretrain()
     if "grid" in phases:
         results = run_grid()
         for task in TASKS:
@@ -393,16 +510,13 @@ def main() -> None:
     if "curves" in phases or "verify" in phases or "report" in phases:
         grid = run_all([job for task in TASKS for job in cached_grid_jobs(task)])
         curves = run_curves()
-        winner, table = select(curves, grid)
-        tune = [t.name for t in TASKS if t.half == "tune"]
-        for name, regrets in sorted(table.items(), key=lambda item: max(item[1][t] for t in tune)):
-            worst_tune = max(regrets[t] for t in tune)
-            worst_held = max(regrets[t.name] for t in TASKS if t.name not in tune)
-            print(f"{name:56s} tune worst {worst_tune:6.2f}  held-out worst {worst_held:6.2f}", flush=True)
-        print("winner:", winner, flush=True)
+        selection = select(curves, grid)
+        for kind, name in selection.winners.items():
+            print(f"{kind}: {name}: tune worst/mean, held-out worst/mean " + " ".join(f"{v:.2f}" for v in halves(selection.table[name])))
     if "verify" in phases or "report" in phases:
-        runs = run_verify(curves, winner)
-        print(f"wrote {write_report(grid, curves, table, winner, runs)} and {plot(grid, runs, winner)}")
+        jobs = verify_jobs(curves, selection)
+        runs = run_all(list(dict.fromkeys(jobs.values())))
+        print(f"wrote {write_report(grid, curves, selection, runs, jobs)} and {plot(grid, runs, jobs, ('default', ADOPTED))}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from common import machine_header, write_paired_report  # noqa: E402
 from lr_policies import Job, accuracy, run_all, seeds  # noqa: E402
 from lr_tasks import TASKS  # noqa: E402
 
-PROBE = ("lr_finder.probe=true",)
+# The probe's first constants (round 1, 12 tasks); lr_policies.py chose the defaults since, on 20 tasks.
+PROBE = ("lr_finder.probe=true", "lr_finder.probe_factors=[1,2.5,6]", "lr_finder.probe_steps=50")
 
 
 def picks() -> dict[tuple[str, int], dict]:
@@ -62,8 +63,8 @@ def main() -> None:
         if not pairs:
             lines.append(f"| {task.half} | {task.name} | no curve | | | | | | |")
             continue
-        rule_acc = statistics.mean(accuracy(done[p["rule"]]) for p, _ in pairs)
-        probe_acc = statistics.mean(accuracy(done[p["probe"]]) for p, _ in pairs)
+        rule_acc = statistics.mean(accuracy(p["rule"], done[p["rule"]]) for p, _ in pairs)
+        probe_acc = statistics.mean(accuracy(p["probe"], done[p["probe"]]) for p, _ in pairs)
         factors = ", ".join(f"{p['probe'].max_lr / p['rule'].max_lr:.2g}" for p, _ in pairs)
         cost = statistics.mean(r["probe_seconds"] / done[p["probe"]]["wall_seconds"] for p, r in pairs)
         diff = 100 * (probe_acc - rule_acc)

@@ -128,9 +128,10 @@ class LRFinderConfig(Section):
     fallback_max_lr: PositiveFloat | None = None
     # After the curve: short one-cycle runs from the same weights at the policy's pick x each factor, the lowest loss on
     # (up to probe_val_samples of) the validation split wins (lr_probe.py). The only way to an answer past the curve's minimum.
+    # Factors and steps chosen on the tune half of benchmarks/lr_policies.py (of 2 or 3 factors from 1..10 at 30 steps).
     probe: bool = False
-    probe_factors: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 2.5, 6.0], min_length=2)
-    probe_steps: Annotated[int, Field(ge=2)] = 50  # optimizer steps of each candidate's cycle
+    probe_factors: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 6.0], min_length=2)
+    probe_steps: Annotated[int, Field(ge=2)] = 30  # optimizer steps of each candidate's cycle
     probe_val_samples: PositiveInt = 2048
 
     @model_validator(mode="after")
