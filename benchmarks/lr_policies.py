@@ -281,12 +281,15 @@ def interpolated(means: dict[float, float], lr: float) -> float:
 Regrets = dict[str, float]  # task -> points below the best grid mean, averaged over seeds
 
 
-def rule_regrets(candidate: Candidate, curves: Curves, grid: dict[Job, dict]) -> Regrets:
+GridMeans = dict[str, dict[float, float]]  # task -> grid_means
+
+
+def rule_regrets(candidate: Candidate, curves: Curves, grids: GridMeans) -> Regrets:
     """Over the seeds whose curve the product accepts: a refused curve gives every candidate the same
     failed run (the real-run table counts it), and would otherwise decide every worst case."""
     regrets = {}
     for task in TASKS:
-        means = grid_means(task, grid)
+        means = grids[task.name]
         picks = [candidate(curves[task.name, seed], task) for seed in seeds(task)]
         scores = [interpolated(means, lr) for lr in picks if lr is not None]
         regrets[task.name] = 100 * (max(means.values()) - statistics.mean(scores))
@@ -332,13 +335,14 @@ def select(curves: Curves, grid: dict[Job, dict]) -> Selection:
     """Every candidate's regrets and the winners, each chosen on the tune half only: the best curve rule,
     the best pair of curve rules per optimizer family, the best probe of 2 cycles and of 3."""
     rules, cycles = candidates()
-    table = {name: rule_regrets(rule, curves, grid) for name, rule in rules.items()}
+    grids = {task.name: grid_means(task, grid) for task in TASKS}
+    table = {name: rule_regrets(rule, curves, grids) for name, rule in rules.items()}
     curve_only = [n for n in table if cycles[n] == 0 and "round 0" not in n]
     adam_tasks, sgd_tasks = [t for t in TASKS if not t.sgd], [t for t in TASKS if t.sgd]
     adam, sgd = by_tune(table, curve_only, adam_tasks), by_tune(table, curve_only, sgd_tasks)
     pair = f"per optimizer: Adam {adam}, SGD {sgd}"
     rules[pair], cycles[pair] = per_optimizer(rules[adam], rules[sgd]), 0
-    table[pair] = rule_regrets(rules[pair], curves, grid)
+    table[pair] = rule_regrets(rules[pair], curves, grids)
     winners = {
         "default": f"{DEFAULT}{DEFAULT_VARIANT}",
         "curve rule": by_tune(table, curve_only),
@@ -387,7 +391,7 @@ def grid_spread(task: Task, grid: dict[Job, dict]) -> tuple[float, float]:
 
 ADOPTED = "probe, 2 cycles"  # the winner the product's lr_finder.probe defaults follow (plotted against the default)
 KINDS = {  # each winner's column heading
-    "default": "the default before (floor_edge)",
+    "default": "the default (floor_edge)",
     "curve rule": "best curve rule",
     "per optimizer": "best rule per optimizer",
     "probe, 2 cycles": "best probe, 2 cycles",

@@ -1,13 +1,11 @@
 """A user's own data sets and model for the LR-rule benchmark's matrix, reached through import paths
-(``data.name=user_tasks:tabular``, ``model.name=user_tasks:mlp``), as a user's code would be.
+(``data.name=user_tasks:tabular``, ``model.name=user_tasks:MLP``), as a user's code would be.
 
 They give the matrix shapes the built-ins lack: 1-D (tabular) inputs, a regression loss, and a
 transfer split of Fashion-MNIST for fine-tuning a backbone pretrained on other classes.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,7 +63,7 @@ def fashion_classes(root: str, classes: list[int], limit: int | None = None, see
 
     out = {}
     for split in ("train", "test"):
-        raw = FashionMNIST(str(Path(root)), train=split == "train", download=False)
+        raw = FashionMNIST(str(root), train=split == "train", download=False)
         keep = torch.isin(raw.targets, torch.tensor(classes))
         images = raw.data[keep].float().div(255).sub(0.286).div(0.353).unsqueeze(1)
         labels = torch.searchsorted(torch.tensor(sorted(classes)), raw.targets[keep])
@@ -79,12 +77,11 @@ def fashion_classes(root: str, classes: list[int], limit: int | None = None, see
 class MLP(nn.Module):
     """Linear-BatchNorm-ReLU blocks and a linear head (``model.head=head``)."""
 
-    def __init__(self, num_classes: int, in_channels: int, width: int = 256, depth: int = 3, dropout: float = 0.0) -> None:
+    def __init__(self, num_classes: int, in_channels: int, width: int = 256, depth: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(depth):
             layers += [nn.Linear(in_channels if i == 0 else width, width, bias=False), nn.BatchNorm1d(width), nn.ReLU()]
-            layers += [nn.Dropout(dropout)] if dropout else []
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, num_classes)
 

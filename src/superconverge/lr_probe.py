@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from superconverge.batches import BatchLayout, EpochPlan, RankSampler
 from superconverge.config import Config
 from superconverge.console import RunConsole
+from superconverge.metrics import SplitTotals
 from superconverge.schedule import build_one_cycle, build_optimizer
 from superconverge.step import TrainStep, unprepared_step
 from superconverge.task import Task
@@ -73,13 +74,12 @@ def _validation_loss(cfg: Config, accelerator: Accelerator, task: Task, step: Tr
     loader = DataLoader(Subset(split, rows), batch_size=cfg.data.batch_size, num_workers=task.data.workers)
     # The module inside DDP: ranks may hold one batch more or fewer, and DDP's forward can be a collective.
     inner = accelerator.unwrap_model(step.model)
-    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    totals = SplitTotals(accelerator.device, task.loss, classifies=False, padded=False)  # strided rows: no padding
     inner.eval()
     with torch.no_grad():
         for batch in loader:
             inputs, targets = send_to_device(batch, accelerator.device)
-            loss = task.loss(inner(step.eval_inputs(inputs)).float(), targets)
-            totals[0] += loss.double() * len(targets)
-            totals[1] += len(targets)
-    loss_sum, count = accelerator.reduce(totals, reduction="sum").tolist()
-    return loss_sum / count if math.isfinite(loss_sum) else math.inf
+            outputs = inner(step.eval_inputs(inputs)).float()
+            totals.add(accelerator, task.loss(outputs, targets).detach(), outputs, targets)
+    loss, _ = SplitTotals.summarize(totals.fold(accelerator), classifies=False)
+    return loss if math.isfinite(loss) else math.inf
