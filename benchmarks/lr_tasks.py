@@ -75,9 +75,7 @@ def digits(name, half, batch, epochs, *extra, grid=ADAM_GRID) -> Task:
 
 def user(name, half, data, batch, epochs, *extra, grid=ADAM_GRID, model="user_tasks:MLP", variance=None, classes=10) -> Task:
     """A task on a user's data set and model (benchmarks/user_tasks.py), named by import path; digits.yaml gives the rest."""
-    # In-memory tensors: loader workers would only copy them (data.num_workers auto gives a user's data set the cores).
-    overrides = (f"data.name=user_tasks:{data}", f"model.name={model}", f"data.batch_size={batch}", f"trainer.epochs={epochs}",
-                 "data.num_workers=0")  # fmt: skip
+    overrides = (f"data.name=user_tasks:{data}", f"model.name={model}", f"data.batch_size={batch}", f"trainer.epochs={epochs}")
     return Task(name, half, DIGITS[0], overrides + extra, 5, grid, variance, classes)
 
 

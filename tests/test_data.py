@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import Subset, TensorDataset
 
 from superconverge.config import DataConfig
-from superconverge.data import FASHION_MNIST_SYSTEM_DIR, DataError, build_data
+from superconverge.data import FASHION_MNIST_SYSTEM_DIR, DataError, build_data, holds_tensors
 
 
 def test_digits_split_is_seeded_disjoint_and_complete():
@@ -152,6 +153,8 @@ def test_an_image_that_fails_only_when_decoded_is_named_or_replaced(tmp_path, ca
 def test_auto_workers_only_for_images_decoded_one_by_one(tmp_path, monkeypatch):
     assert build_data(DataConfig(name="digits")).workers == 0  # in memory: a worker would only copy tensors
     assert build_data(DataConfig(name="digits", num_workers=3)).workers == 3
+    rows = TensorDataset(torch.zeros(4, 2), torch.zeros(4))
+    assert holds_tensors(Subset(Subset(rows, [0, 1]), [1])) and not holds_tensors(list(zip(rows.tensors[0], rows.tensors[1], strict=True)))
     make_folder(tmp_path, {"cobra": 2, "viper": 2})
     cores = len(os.sched_getaffinity(0))
     assert build_data(DataConfig(name="imagefolder", root=tmp_path, image_size=16)).workers == cores

@@ -127,6 +127,12 @@ def test_a_user_loss_class_is_built_with_its_kwargs(user_folder, monkeypatch):
     assert type(task.loss).__name__ == "HuberLoss" and task.loss.delta == 0.5 and not task.classifies
 
 
+def test_auto_loader_workers_are_none_for_a_users_tensor_data_set(user_folder, monkeypatch):
+    task = build(user_folder, monkeypatch)  # regression.yaml leaves data.num_workers at auto
+    assert task.data.workers == 0  # TensorDataset rows, carved into Subsets: a worker would only copy them
+    assert build(user_folder, monkeypatch, "data.num_workers=2").data.workers == 2
+
+
 def test_builtin_data_sets_take_no_kwargs():
     from superconverge.data import DataError, build_data
 

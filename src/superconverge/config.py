@@ -37,8 +37,8 @@ class DataConfig(Section):
     root: Path = Path("data")
     mirror: str | None = None  # a server with the data sets' archives under their own names (no internet)
     batch_size: PositiveInt = 128
-    # auto: 0 for the in-memory data sets (batches are augmented on the device); for images decoded
-    # one by one (imagefolder), the cores this process may use, shared among the processes of its machine.
+    # auto: 0 for the in-memory data sets (batches are augmented on the device) and a user's TensorDataset;
+    # otherwise (images decoded one by one), the cores this process may use, shared among the processes of its machine.
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     split_seed: int = 0

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import datasets
 from torchvision.datasets.utils import download_and_extract_archive, extract_archive
 from torchvision.transforms import v2
@@ -475,8 +475,15 @@ def build_data(cfg: DataConfig) -> DataBundle:
         bundle = user_bundle(cfg, registry.call_factory("data.name", cfg.name, factory, {"root": cfg.root, **cfg.kwargs}))
     if len(bundle.train) == 0:
         raise DataError(f"data set '{cfg.name}' has no training samples after the validation split")
-    bundle.workers = loader_workers(cfg.num_workers, bundle.in_memory)
+    bundle.workers = loader_workers(cfg.num_workers, bundle.in_memory or holds_tensors(bundle.train))
     return bundle
+
+
+def holds_tensors(split: Dataset) -> bool:
+    """A split whose samples are rows of tensors already in memory (a TensorDataset, through any Subsets)."""
+    while isinstance(split, Subset):
+        split = split.dataset
+    return isinstance(split, TensorDataset | TensorImageDataset)
 
 
 def user_bundle(cfg: DataConfig, found: object) -> DataBundle:
