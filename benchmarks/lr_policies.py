@@ -1,7 +1,7 @@
 """How max_lr is best chosen (a rule reading the range test's curve, or a probe that trains), tuned on
 half of a task matrix and judged on the other half.
 
-    .venv/bin/python benchmarks/lr_policies.py            # every phase; ~1 h 30 min on 2 cores (123 min of runs)
+    .venv/bin/python benchmarks/lr_policies.py            # every phase; ~1 h 40 min on 2 cores (150-170 min of runs)
     .venv/bin/python benchmarks/lr_policies.py grid       # one phase: grid | curves | verify | report
 
 1. grid: one-cycle runs at fixed max_lr over a half-decade grid for every task x seed
@@ -14,11 +14,16 @@ half of a task matrix and judged on the other half.
 4. verify: real one-cycle runs at each winner's picks on every task x seed; the held-out half's
    regrets are the ones the README reports.
 
-Runs are cached under benchmarks/results/tmp/lr_policies/ (a rerun continues where it stopped).
+Runs are cached under benchmarks/results/tmp/lr_policies/ (a rerun continues where it stopped). The
+report phase also writes what every run gave (results/lr_policies_runs.json: the scores the benchmark
+reads, and every range test's curve and probe), so a new candidate can be scored without the cache:
+
+    .venv/bin/python benchmarks/lr_policies.py score      # seconds: every candidate off the records
 """
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
@@ -227,12 +232,13 @@ def per_optimizer(adam: Candidate, sgd: Candidate) -> Candidate:
     return lambda found, task: (sgd if task.sgd else adam)(found, task)
 
 
-def probe_rule(factors: tuple[float, ...], cap: str, margin: float) -> Candidate:
+def probe_rule(factors: tuple[float, ...], cap: str, margin: float, lean: float = 0.0) -> Candidate:
     """The probe over ``factors`` (of the default rule's pick), read off the wide probe's record.
 
     cap: "none"; "tail": no candidate at or past the curve's tail (where the range test saw the loss
     diverge); "minimum": none past the curve's minimum. margin: a candidate above x1 wins only if its
-    validation loss is that share below x1's."""
+    validation loss is that share below x1's. lean: the highest candidate whose loss is within that share
+    of the lowest wins (a short cycle favours low LRs over what a whole run can use: short-horizon bias)."""
 
     def candidate(found: dict, task: Task) -> float | None:
         losses = found.get("probe_losses") or []
@@ -242,22 +248,27 @@ def probe_rule(factors: tuple[float, ...], cap: str, margin: float) -> Candidate
         base, base_loss = losses[0]
         limit = {"none": math.inf, "tail": found.get("tail_lr") or math.inf, "minimum": found["lr_at_minimum"] * 1.0001}[cap]
         kept = [(lr, loss) for lr, loss in losses if round(lr / base, 3) in factors and (lr < limit or lr == base)]
-        finite = [(lr, loss) for lr, loss in kept if math.isfinite(loss) and loss < (1 - margin) * base_loss]
-        return min(finite, key=lambda pair: pair[1])[0] if finite else base
+        finite = [(lr, loss) for lr, loss in kept if math.isfinite(loss) and (lr == base or loss < (1 - margin) * base_loss)]
+        if not finite:
+            return base
+        lowest = min(loss for _, loss in finite)
+        return max(lr for lr, loss in finite if loss <= (1 + lean) * lowest)
 
     return candidate
 
 
 def probe_variants() -> dict[str, tuple[Candidate, int]]:
-    """Every probe over 2 or 3 of the factors (x1 always among them), cap and margin, with its candidate count."""
+    """Every probe over 2 or 3 of the factors (x1 always among them), cap and margin or lean, with its candidate count."""
     found = {}
     others = PROBE_FACTORS[1:]
     subsets = [(1, a) for a in others] + [(1, a, b) for i, a in enumerate(others) for b in others[i + 1 :]]
     for factors in subsets:
+        listed = ", ".join(f"{f:g}" for f in factors)
         for cap in ("none", "tail", "minimum"):
             for margin in (0.0, 0.02, 0.05):
-                name = f"probe x{{{', '.join(f'{f:g}' for f in factors)}}} cap={cap} margin={margin:g}"
-                found[name] = (probe_rule(factors, cap, margin), len(factors))
+                found[f"probe x{{{listed}}} cap={cap} margin={margin:g}"] = (probe_rule(factors, cap, margin), len(factors))
+            for lean in (0.02, 0.05, 0.1):
+                found[f"probe x{{{listed}}} cap={cap} lean={lean:g}"] = (probe_rule(factors, cap, 0.0, lean), len(factors))
     return found
 
 
@@ -387,9 +398,50 @@ def grid_spread(task: Task, grid: dict[Job, dict]) -> tuple[float, float]:
     return sd, sd / math.sqrt(len(scores))
 
 
+# --- the records: every run's result, committed, so candidates can be scored without rerunning ------
+
+RECORDS = RESULTS / "lr_policies_runs.json"
+SUMMARY_KEYS = ("test_acc", "test_loss", "wall_seconds", "completed")  # what accuracy() and the report read
+CURVE_KEYS = ("lrs", "raw_losses", "sweeps", "max_lr", "lr_at_minimum", "tail_lr", "probe_losses", "error", "seconds", "probe_seconds")
+
+
+def save_records(grid: dict[Job, dict], curves: Curves, runs: dict[Job, dict]) -> Path:
+    def rows(results: dict[Job, dict]) -> list[dict]:
+        return [{"task": j.task, "seed": j.seed, "max_lr": j.max_lr, **{k: s.get(k) for k in SUMMARY_KEYS}} for j, s in results.items()]
+
+    curve_rows = [{"task": task, "seed": seed, **{k: found.get(k) for k in CURVE_KEYS}} for (task, seed), found in curves.items()]
+    RECORDS.write_text(json.dumps({"grid": rows(grid), "verify": rows(runs), "curves": curve_rows}, separators=(",", ":")) + "\n")
+    return RECORDS
+
+
+def load_records() -> tuple[dict[Job, dict], Curves, dict[Job, dict]]:
+    """(grid, curves, verify runs) as the phases return them, from the committed records."""
+    found = json.loads(RECORDS.read_text())
+
+    def results(kind: str) -> dict[Job, dict]:
+        return {Job(kind, r["task"], r["seed"], r["max_lr"]): {k: r[k] for k in SUMMARY_KEYS} for r in found[kind]}
+
+    curves = {(r["task"], r["seed"]): {k: v for k, v in r.items() if v is not None} for r in found["curves"]}
+    return results("grid"), curves, results("verify")
+
+
+def score_offline() -> None:
+    """Every candidate scored on the grid from the records; the winners' real-run regrets where their picks were run."""
+    grid, curves, runs = load_records()
+    selection = select(curves, grid)
+    ranked = sorted(selection.table, key=lambda n: halves(selection.table[n])[:2])
+    for name in list(dict.fromkeys([*selection.winners.values(), *ranked[:15]])):
+        print(f"{name}: grid-scored tune worst/mean, held-out worst/mean " + " ".join(f"{v:.2f}" for v in halves(selection.table[name])))
+    picks = verify_jobs(curves, selection)
+    for kind in selection.winners:
+        if all(job in runs for (k, _, _), job in picks.items() if k == kind):
+            regrets = {t.name: 100 * (max(grid_means(t, grid).values()) - verified(t, runs, picks, kind)[0]) for t in TASKS}
+            print(f"{kind} (real runs): tune worst/mean, held-out worst/mean " + " ".join(f"{v:.2f}" for v in halves(regrets)))
+
+
 # --- report ------------------------------------------------------------------------------------------
 
-ADOPTED = "probe, 2 cycles"  # the winner the product's lr_finder.probe defaults follow (plotted against the default)
+ADOPTED = "probe, 2 cycles"  # plotted against the default (lr_finder.probe is a probe of 2 cycles)
 KINDS = {  # each winner's column heading
     "default": "the default (floor_edge)",
     "curve rule": "best curve rule",
@@ -430,7 +482,8 @@ def write_report(grid, curves: Curves, selection: Selection, runs: dict[Job, dic
         "minimum; [wW ...] = centred smoothing window of W decades; [... bump] / [... half] = where the diverging tail starts "
         "(see `lr_rules`). A probe `x{1, a}` trains one short cycle at each factor of `floor_edge`'s pick and keeps the lowest "
         "validation loss; `cap=tail` drops candidates at or past the curve's tail, `cap=minimum` those past its minimum; "
-        "`margin=m` moves up only on a loss m below x1's. Cycles: short training cycles the candidate costs after the curve.",
+        "`margin=m` moves up only on a loss m below x1's; `lean=l` takes the highest candidate whose loss is within l of the "
+        "lowest (against a short cycle's bias to low LRs). Cycles: short training cycles the candidate costs after the curve.",
         "",
         "| candidate | cycles | tune: worst | tune: mean | held-out: worst | held-out: mean |",
         "|---|---|---|---|---|---|",
@@ -505,6 +558,8 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ["WANDB_MODE"] = "disabled"
     phases = sys.argv[1:] or ["grid", "curves", "verify", "report"]
+    if phases == ["score"]:
+        return score_offline()
     pretrain()
     if "grid" in phases:
         results = run_grid()
@@ -517,10 +572,14 @@ def main() -> None:
         selection = select(curves, grid)
         for kind, name in selection.winners.items():
             print(f"{kind}: {name}: tune worst/mean, held-out worst/mean " + " ".join(f"{v:.2f}" for v in halves(selection.table[name])))
+        print(f"wrote {save_records(grid, curves, {})} (no real runs at the picks yet)", flush=True)
     if "verify" in phases or "report" in phases:
         jobs = verify_jobs(curves, selection)
         runs = run_all(list(dict.fromkeys(jobs.values())))
-        print(f"wrote {write_report(grid, curves, selection, runs, jobs)} and {plot(grid, runs, jobs, ('default', ADOPTED))}")
+        print(
+            f"wrote {write_report(grid, curves, selection, runs, jobs)}, {plot(grid, runs, jobs, ('default', ADOPTED))} "
+            f"and {save_records(grid, curves, runs)}"
+        )
 
 
 if __name__ == "__main__":
