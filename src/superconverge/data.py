@@ -475,7 +475,7 @@ def build_data(cfg: DataConfig) -> DataBundle:
         bundle = user_bundle(cfg, registry.call_factory("data.name", cfg.name, factory, {"root": cfg.root, **cfg.kwargs}))
     if len(bundle.train) == 0:
         raise DataError(f"data set '{cfg.name}' has no training samples after the validation split")
-    bundle.workers = loader_workers(cfg.num_workers, bundle.in_memory or holds_tensors(bundle.train))
+    bundle.workers = loader_workers(cfg.num_workers, holds_tensors(bundle.train))
     return bundle
 
 
