@@ -19,6 +19,11 @@ report phase also writes what every run gave (results/lr_policies_runs.json: the
 reads, and every range test's curve and probe), so a new candidate can be scored without the cache:
 
     .venv/bin/python benchmarks/lr_policies.py score      # seconds: every candidate off the records
+
+and a new checkout can continue from them, running only what they lack (a new task or seed, a new
+winner's picks, a curve the product refused or recorded without what the benchmark now reads):
+
+    .venv/bin/python benchmarks/lr_policies.py restore verify   # restore the cache from the records, then verify
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from common import RESULTS, SCRATCH, machine_header, read_json, run_in_process  
 from lr_tasks import PRETRAIN_ARGV, PRETRAINED, TASKS, Task  # noqa: E402
 
 from superconverge import lr_rules  # noqa: E402
+from superconverge.config import LRFinderConfig  # noqa: E402
 from superconverge.lr_rules import Curve  # noqa: E402
 
 WORK = SCRATCH / "lr_policies"
@@ -220,8 +226,13 @@ Candidate = Callable[[dict, Task], float | None]  # (the task x seed's lr_finder
 
 
 def curve_rule(rule: Callable[[Curve], float], variant: str = DEFAULT_VARIANT) -> Candidate:
+    """A rule's answer; on a weak curve (down only to chance level) the product's answer, the default probe's
+    (recorded from floor_edge's pick: exact for the default, near for the other rules, on the rare weak curve)."""
+
     def candidate(found: dict, task: Task) -> float | None:
         curve = analyze(found, task, variant)
+        if curve is not None and curve.weak:
+            return WEAK_CURVE_PROBE(found, task)
         return rule(curve) if curve is not None else None
 
     return candidate
@@ -232,43 +243,70 @@ def per_optimizer(adam: Candidate, sgd: Candidate) -> Candidate:
     return lambda found, task: (sgd if task.sgd else adam)(found, task)
 
 
-def probe_rule(factors: tuple[float, ...], cap: str, margin: float, lean: float = 0.0) -> Candidate:
+def probe_rule(factors: tuple[float, ...], cap: str, margin: float, lean: float = 0.0, metric: str = "val_loss") -> Candidate:
     """The probe over ``factors`` (of the default rule's pick), read off the wide probe's record.
 
     cap: "none"; "tail": no candidate at or past the curve's tail (where the range test saw the loss
-    diverge); "minimum": none past the curve's minimum. margin: a candidate above x1 wins only if its
-    validation loss is that share below x1's. lean: the highest candidate whose loss is within that share
-    of the lowest wins (a short cycle favours low LRs over what a whole run can use: short-horizon bias)."""
+    diverge); "minimum": none past the curve's minimum. metric: what judges (lr_finder.probe_metric: val_loss,
+    or auto: the accuracy where the task has one). margin: a candidate above x1 wins only if its loss is that
+    share below x1's (or its accuracy that much above). lean: the highest candidate whose loss is within that
+    share of the lowest (accuracy: that much below the highest) wins (a short cycle favours low LRs over what a
+    whole run can use: short-horizon bias)."""
+    by_accuracy = metric == "auto"
+
+    def shifted(value: float, amount: float) -> float:  # a loss moves by a share of itself, minus an accuracy by points
+        return value + amount if by_accuracy else value * (1 + amount)
 
     def candidate(found: dict, task: Task) -> float | None:
-        losses = found.get("probe_losses") or []
-        if not losses:
+        scores = _probe_scores(found, by_accuracy and task.chance_loss is not None)
+        if not scores:
             return found.get("max_lr")  # no probe (an unusable curve): the product's answer
-        losses = [(lr, math.inf if loss is None else loss) for lr, loss in losses]  # JSON writes a blown-up loss as null
-        base, base_loss = losses[0]
+        base, base_value = scores[0]
         limit = {"none": math.inf, "tail": found.get("tail_lr") or math.inf, "minimum": found["lr_at_minimum"] * 1.0001}[cap]
-        kept = [(lr, loss) for lr, loss in losses if round(lr / base, 3) in factors and (lr < limit or lr == base)]
-        finite = [(lr, loss) for lr, loss in kept if math.isfinite(loss) and (lr == base or loss < (1 - margin) * base_loss)]
+        kept = [(lr, value) for lr, value in scores if round(lr / base, 3) in factors and (lr < limit or lr == base)]
+        finite = [(lr, value) for lr, value in kept if math.isfinite(value) and (lr == base or value < shifted(base_value, -margin))]
         if not finite:
             return base
-        lowest = min(loss for _, loss in finite)
-        return max(lr for lr, loss in finite if loss <= (1 + lean) * lowest)
+        lowest = min(value for _, value in finite)
+        return max(lr for lr, value in finite if value <= shifted(lowest, lean))
 
     return candidate
 
 
+def _probe_scores(found: dict, by_accuracy: bool) -> list[tuple[float, float]]:
+    """Each probe candidate and the value the product minimises: its validation loss, or minus its accuracy
+    with the loss breaking ties (lr_probe.best); a candidate that blew up (JSON null) never wins."""
+    losses = [(lr, math.inf if loss is None else loss) for lr, loss in found.get("probe_losses") or []]
+    if not (by_accuracy and losses):
+        return losses
+    accuracies = dict(found["probe_accuracies"])
+    return [(lr, -accuracies[lr] + 1e-9 * loss if math.isfinite(loss) else math.inf) for lr, loss in losses]
+
+
+def probe_name(factors: tuple[float, ...], cap: str, metric: str, tolerance: str = "margin", amount: float = 0.0) -> str:
+    listed = ", ".join(f"{f:g}" for f in factors)
+    return f"probe x{{{listed}}}{' by acc' if metric == 'auto' else ''} cap={cap} {tolerance}={amount:g}"
+
+
+# lr_finder.probe as the product runs it (its factors and metric, no cap or margin), and on a weak curve without it.
+PRODUCT = LRFinderConfig()
+PRODUCT_PROBE = probe_name(tuple(PRODUCT.probe_factors), "none", PRODUCT.probe_metric)
+WEAK_CURVE_PROBE = probe_rule(tuple(PRODUCT.probe_factors), "none", 0.0, metric=PRODUCT.probe_metric)
+
+
 def probe_variants() -> dict[str, tuple[Candidate, int]]:
-    """Every probe over 2 or 3 of the factors (x1 always among them), cap and margin or lean, with its candidate count."""
+    """Every probe over 2 or 3 of the factors (x1 always among them), cap and margin or lean, judged by the
+    validation loss or by the accuracy, with its candidate count."""
     found = {}
     others = PROBE_FACTORS[1:]
     subsets = [(1, a) for a in others] + [(1, a, b) for i, a in enumerate(others) for b in others[i + 1 :]]
+    tolerances = {"val_loss": (0.02, 0.05, 0.1), "auto": (0.005, 0.01, 0.02)}  # shares of a loss, points of an accuracy
     for factors in subsets:
-        listed = ", ".join(f"{f:g}" for f in factors)
         for cap in ("none", "tail", "minimum"):
-            for margin in (0.0, 0.02, 0.05):
-                found[f"probe x{{{listed}}} cap={cap} margin={margin:g}"] = (probe_rule(factors, cap, margin), len(factors))
-            for lean in (0.02, 0.05, 0.1):
-                found[f"probe x{{{listed}}} cap={cap} lean={lean:g}"] = (probe_rule(factors, cap, 0.0, lean), len(factors))
+            for metric, amounts in tolerances.items():
+                for kind, amount in [("margin", m) for m in (0.0, *amounts[:2])] + [("lean", lean) for lean in amounts]:
+                    margin, lean = (amount, 0.0) if kind == "margin" else (0.0, amount)
+                    found[probe_name(factors, cap, metric, kind, amount)] = (probe_rule(factors, cap, margin, lean, metric), len(factors))
     return found
 
 
@@ -360,6 +398,8 @@ def select(curves: Curves, grid: dict[Job, dict]) -> Selection:
         "per optimizer": pair,
         "probe, 2 cycles": by_tune(table, [n for n in table if cycles[n] == 2]),
         "probe, 3 cycles": by_tune(table, [n for n in table if cycles[n] == 3]),
+        "product probe": PRODUCT_PROBE,
+        "probe by loss": probe_name(tuple(PRODUCT.probe_factors), "none", "val_loss"),  # the same, judged as before this round
     }
     return Selection(rules, cycles, table, winners)
 
@@ -402,7 +442,8 @@ def grid_spread(task: Task, grid: dict[Job, dict]) -> tuple[float, float]:
 
 RECORDS = RESULTS / "lr_policies_runs.json"
 SUMMARY_KEYS = ("test_acc", "test_loss", "wall_seconds", "completed")  # what accuracy() and the report read
-CURVE_KEYS = ("lrs", "raw_losses", "sweeps", "max_lr", "lr_at_minimum", "tail_lr", "probe_losses", "error", "seconds", "probe_seconds")
+CURVE_KEYS = ("lrs", "raw_losses", "sweeps", "max_lr", "lr_at_minimum", "tail_lr", "weak_curve", "probe_losses", "probe_accuracies",
+              "error", "seconds", "probe_seconds")  # fmt: skip
 
 
 def save_records(grid: dict[Job, dict], curves: Curves, runs: dict[Job, dict]) -> Path:
@@ -425,6 +466,27 @@ def load_records() -> tuple[dict[Job, dict], Curves, dict[Job, dict]]:
     return results("grid"), curves, results("verify")
 
 
+def restore_cache() -> None:
+    """Every recorded result written back where its run is missing from the cache, so a new checkout runs only
+    what the records lack. A curve the product refused is left out: it is run again by the product as it is now."""
+    grid, curves, runs = load_records()
+    restored = 0
+    for job, result in [*grid.items(), *runs.items()]:
+        restored += _restore(job.run_dir / "summary.json", result)
+    for (task, seed), found in curves.items():
+        if not found.get("error") and "probe_accuracies" in found:  # a record from before the probe kept accuracies: run again
+            restored += _restore(Job("curve", task, seed, label=CURVE_LABEL, extra=CURVE_EXTRA).run_dir / "lr_finder.json", found)
+    print(f"restored {restored} results from {RECORDS} into {WORK}", flush=True)
+
+
+def _restore(path: Path, result: dict) -> bool:
+    if path.parent.exists():
+        return False
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(result))
+    return True
+
+
 def score_offline() -> None:
     """Every candidate scored on the grid from the records; the winners' real-run regrets where their picks were run."""
     grid, curves, runs = load_records()
@@ -441,13 +503,15 @@ def score_offline() -> None:
 
 # --- report ------------------------------------------------------------------------------------------
 
-ADOPTED = "probe, 2 cycles"  # plotted against the default (lr_finder.probe is a probe of 2 cycles)
+ADOPTED = "product probe"  # plotted against the default
 KINDS = {  # each winner's column heading
     "default": "the default (floor_edge)",
     "curve rule": "best curve rule",
     "per optimizer": "best rule per optimizer",
     "probe, 2 cycles": "best probe, 2 cycles",
     "probe, 3 cycles": "best probe, 3 cycles",
+    "product probe": "lr_finder.probe=true",
+    "probe by loss": "the same probe judged by loss",
 }
 
 
@@ -470,7 +534,7 @@ def write_report(grid, curves: Curves, selection: Selection, runs: dict[Job, dic
         "For every task x seed: a grid of fixed max_lr in half-decade steps (grown at an edge until its best point is "
         "inside), one range test in the product's setting followed by the probe over factors "
         f"{', '.join(map(str, PROBE_FACTORS))} of the default rule's pick ({PROBE_STEPS} optimizer steps each, from the same "
-        "weights, validation loss on up to 2048 samples), and real runs at each winner's picks. Score: test accuracy, "
+        "weights, validation loss and accuracy on up to 2048 samples), and real runs at each winner's picks. Score: test accuracy, "
         "or R^2 on the regressions, in points. Regret = best grid mean - the winner's mean over seeds.",
         "",
         "## Candidates, scored on the grid, chosen on the tune half",
@@ -481,9 +545,12 @@ def write_report(grid, curves: Curves, selection: Selection, runs: dict[Job, dic
         "lowest worst-case regret on the tune half (mean regret breaks ties). Curve rules answer strictly below the curve's "
         "minimum; [wW ...] = centred smoothing window of W decades; [... bump] / [... half] = where the diverging tail starts "
         "(see `lr_rules`). A probe `x{1, a}` trains one short cycle at each factor of `floor_edge`'s pick and keeps the lowest "
-        "validation loss; `cap=tail` drops candidates at or past the curve's tail, `cap=minimum` those past its minimum; "
-        "`margin=m` moves up only on a loss m below x1's; `lean=l` takes the highest candidate whose loss is within l of the "
-        "lowest (against a short cycle's bias to low LRs). Cycles: short training cycles the candidate costs after the curve.",
+        "validation loss, or `by acc` the highest validation accuracy (a regression's: its loss); `cap=tail` drops candidates "
+        "at or past the curve's tail, `cap=minimum` those past its minimum; `margin=m` moves up only on a loss a share m below "
+        "x1's (an accuracy m above); `lean=l` takes the highest candidate whose loss is within a share l of the lowest (an "
+        "accuracy within l of the highest; against a short cycle's bias to low LRs). On a weak curve (down to chance level only) "
+        "the product runs its probe whatever the rule, so every curve rule answers what `lr_finder.probe`'s defaults pick there. "
+        "Cycles: short training cycles the candidate costs after the curve.",
         "",
         "| candidate | cycles | tune: worst | tune: mean | held-out: worst | held-out: mean |",
         "|---|---|---|---|---|---|",
@@ -514,6 +581,9 @@ def write_report(grid, curves: Curves, selection: Selection, runs: dict[Job, dic
     refused = [f"{task} seed {seed} ({found['error'].split(':')[0]})" for (task, seed), found in curves.items() if found.get("error")]
     if refused:
         lines += [f"Curves the product refused (a failed run, score 0, in every column): {'; '.join(refused)}.", ""]
+    weak = [f"{task} seed {seed}" for (task, seed), found in curves.items() if found.get("weak_curve")]
+    if weak:
+        lines += [f"Weak curves (down to chance level only: the product's probe decided, in every column): {'; '.join(weak)}.", ""]
     for kind, name in winners.items():
         parts = [f"{h} worst {max(regrets[h, kind]):.2f}, mean {statistics.mean(regrets[h, kind]):.2f}" for h in ("tune", "held_out")]
         lines.append(f"- {KINDS[kind]} (`{name}`): " + "; ".join(parts))
@@ -560,6 +630,9 @@ def main() -> None:
     phases = sys.argv[1:] or ["grid", "curves", "verify", "report"]
     if phases == ["score"]:
         return score_offline()
+    if phases[0] == "restore":
+        restore_cache()
+        phases = phases[1:]
     pretrain()
     if "grid" in phases:
         results = run_grid()

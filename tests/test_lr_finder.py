@@ -104,7 +104,35 @@ def test_random_labels_are_refused_with_the_keys_to_change(digits_args, tmp_path
     assert proc.returncode == 2, proc.stderr[-3000:]
     error = proc.stderr.strip().splitlines()[-1]
     assert "never really went down" in error and "lr_finder.start_lr" in error and "lr_finder.end_lr" in error
-    assert json.loads((tmp_path / "run" / "lr_finder.json").read_text())["error"] in error  # the curve is kept to look at
+    found = json.loads((tmp_path / "run" / "lr_finder.json").read_text())
+    assert found["error"] in error  # the curve is kept to look at
+    # The loss fell from an unlucky start to chance level: a weak curve, so the probe trained (without lr_finder.probe) and saw
+    # no learning either.
+    assert found["weak_curve"] and len(found["probe_losses"]) == 2 and min(loss for _, loss in found["probe_losses"]) > 0.95 * math.log(10)
+
+
+@pytest.mark.parametrize(("probe_loss", "fallback"), [(1.9, None), (2.25, None), (2.25, 0.003)])
+def test_a_weak_curve_stands_only_if_the_probe_learned(tmp_path, probe_loss, fallback):
+    from accelerate import Accelerator
+
+    from superconverge.config import load_config
+    from superconverge.lr_finder import RangeTestError, RangeTestResult, _confirm_learning
+
+    cfg = load_config(ROOT / "configs" / "digits.yaml", [f"output_dir={tmp_path}", f"lr_finder.fallback_max_lr={fallback or 'null'}"])
+    result = RangeTestResult(lrs=[1e-4, 1e-3], raw_losses=[2.9, 2.25], smoothed_losses=[2.9, 2.25], policy="floor_edge",
+                             effective_batch_size=64, world_size=1, sweeps=1, accumulation_steps=1, batches_per_rank=[2],
+                             stopped_on_divergence=True, seconds=1.0, iterations_run=2, max_lr=1e-4, weak_curve=True,
+                             probe_losses=[(1e-4, 2.4), (6e-4, probe_loss)])  # fmt: skip
+    if probe_loss < 0.95 * math.log(10):
+        _confirm_learning(cfg, Accelerator(cpu=True), result, math.log(10))
+        assert result.error is None and not result.fallback_used  # the probe's pick stands
+    elif fallback is None:
+        with pytest.raises(RangeTestError, match=r"chance level 2\.3.*2\.25 at best.*lr_finder\.start_lr"):
+            _confirm_learning(cfg, Accelerator(cpu=True), result, math.log(10))
+        assert json.loads((tmp_path / "lr_finder.json").read_text())["error"] == result.error
+    else:
+        _confirm_learning(cfg, Accelerator(cpu=True), result, math.log(10))
+        assert result.fallback_used and result.max_lr == fallback and result.chosen == "fallback"
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
@@ -227,16 +255,28 @@ def probed(tmp_path_factory):
     return root
 
 
-def test_the_probe_trains_each_candidate_and_keeps_the_lowest_validation_loss(probed):
+def test_the_probe_trains_each_candidate_and_keeps_the_best_by_validation_accuracy(probed):
     ranks = reports(probed / "two")
     assert ranks[0]["probe_losses"] == ranks[1]["probe_losses"] and ranks[0]["max_lr"] == ranks[1]["max_lr"]
     pick = ranks[0]["suggestions"]["floor_edge"]
     candidates = dict(ranks[0]["probe_losses"])
-    assert list(candidates) == pytest.approx([pick, 3 * pick])
-    assert ranks[0]["max_lr"] == min(candidates, key=candidates.get) and ranks[0]["policy"] == "floor_edge+probe"
-    assert 0 < candidates[ranks[0]["max_lr"]] < math.log(10)  # the chosen one trained: below chance
+    assert list(candidates) == pytest.approx([pick, 3 * pick]) and ranks[0]["policy"] == "floor_edge+probe"
     found = json.loads((probed / "run2" / "lr_finder.json").read_text())
     assert found["max_lr"] == ranks[0]["max_lr"] and [tuple(p) for p in found["probe_losses"]] == list(candidates.items())
+    # lr_finder.probe_metric auto: a classifier's candidates are judged by accuracy (the loss breaking ties)
+    accuracies = dict(found["probe_accuracies"])
+    assert list(accuracies) == list(candidates) and all(0.1 < a <= 1 for a in accuracies.values()) and found["probe_metric"] == "val_acc"
+    assert found["max_lr"] == min(candidates, key=lambda lr: (-accuracies[lr], candidates[lr]))
+    assert 0 < candidates[found["max_lr"]] < math.log(10)  # the chosen one trained: below chance
+
+
+def test_the_probe_keeps_the_best_by_its_metric():
+    from superconverge.lr_probe import ProbeScore, best
+
+    scores = {1e-3: ProbeScore(0.50, 0.80), 3e-3: ProbeScore(0.55, 0.84), 6e-3: ProbeScore(0.52, 0.84), 1e-2: ProbeScore(math.inf, 0.9)}
+    assert best(scores, "val_loss") == 1e-3
+    assert best(scores, "val_acc") == 6e-3  # the highest accuracy, the lower loss among equals; a blown-up one never
+    assert best({1e-3: ProbeScore(0.4, None), 3e-3: ProbeScore(0.3, None)}, "val_loss") == 3e-3
 
 
 def test_the_probe_leaves_the_model_as_it_was(probed):

@@ -98,7 +98,8 @@ def build(folder: Path, monkeypatch, *overrides: str):
      (["model.name=broken:wrong_width", "model.head=null"],
       "model.name: broken:wrong_width failed on a batch of the training data (RuntimeError"),
      (["model.head=last"], "model.head: the model has no submodule 'last'"),
-     (["trainer.early_stopping.metric=val_acc"], "trainer.early_stopping.metric: val_acc needs accuracy")],
+     (["trainer.early_stopping.metric=val_acc"], "trainer.early_stopping.metric: val_acc needs accuracy"),
+     (["lr_finder.probe_metric=val_acc"], "lr_finder.probe_metric: val_acc needs accuracy")],
 )  # fmt: skip
 def test_a_broken_user_task_is_one_line_naming_the_key(user_folder, monkeypatch, overrides, message):
     with pytest.raises(UserError) as caught:

@@ -281,8 +281,10 @@ def print_suggestions(found: RangeTestResult, run_dir: Path) -> None:
         table.add_column(column)
     for name, lr in found.suggestions.items():
         table.add_row(name, f"{lr:.3e}", "yes" if found.chosen == name else "")
+    accuracies = dict(found.probe_accuracies)
     for lr, loss in found.probe_losses:
-        table.add_row(f"probe (validation loss {loss:.4g})", f"{lr:.3e}", "yes" if lr == found.max_lr else "")
+        shown = f"validation loss {loss:.4g}" + (f", accuracy {accuracies[lr]:.4f}" if lr in accuracies else "")
+        table.add_row(f"probe ({shown})", f"{lr:.3e}", "yes" if lr == found.max_lr else "")
     if found.fallback_used:
         table.add_row("fallback", f"{found.max_lr:.3e}", "yes")
     console = Console(soft_wrap=True)

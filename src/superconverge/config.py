@@ -126,13 +126,15 @@ class LRFinderConfig(Section):
     skip_end: Annotated[int, Field(ge=0)] = 5
     policy: Literal["floor_edge", "near_minimum", "steepest", "valley", "minimum"] = "floor_edge"  # chosen in benchmarks/lr_policies.py
     fallback_max_lr: PositiveFloat | None = None
-    # After the curve: short one-cycle runs from the same weights at the policy's pick x each factor, the lowest loss on
-    # (up to probe_val_samples of) the validation split wins (lr_probe.py). The only way to an answer past the curve's minimum.
+    # After the curve: short one-cycle runs from the same weights at the policy's pick x each factor, the best by probe_metric
+    # on (up to probe_val_samples of) the validation split wins (lr_probe.py). The only way to an answer past the curve's minimum.
     # Factors and steps chosen on the tune half of benchmarks/lr_policies.py (of 2 or 3 factors from 1..10 at 30 steps).
     probe: bool = False
     probe_factors: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 6.0], min_length=2)
     probe_steps: Annotated[int, Field(ge=2)] = 30  # optimizer steps of each candidate's cycle
     probe_val_samples: PositiveInt = 2048
+    # What judges the candidates; auto: the run's trainer.early_stopping.metric (accuracy where the task has one).
+    probe_metric: Literal["auto", "val_loss", "val_acc"] = "auto"
 
     @model_validator(mode="after")
     def _range(self) -> LRFinderConfig:

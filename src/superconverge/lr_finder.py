@@ -57,8 +57,11 @@ class RangeTestResult:
     tail_lr: float | None = None
     max_lr: float = math.nan
     fallback_used: bool = False
+    weak_curve: bool = False  # its loss got no lower than chance level (lr_rules.Curve.weak): the probe decides
     error: str | None = None
     probe_losses: list[tuple[float, float]] = field(default_factory=list)  # lr_finder.probe: (candidate max_lr, validation loss)
+    probe_accuracies: list[tuple[float, float]] = field(default_factory=list)  # ... and its validation accuracy, for a classifier
+    probe_metric: str | None = None  # what chose among them
     probe_seconds: float = 0.0
 
     @property
@@ -283,7 +286,7 @@ def choose(result: RangeTestResult, cfg: Config, chance_loss: float | None) -> R
         skip_start, skip_end = finder_cfg.skip_start * result.sweeps, finder_cfg.skip_end * result.sweeps  # skips are per sweep
         curve = lr_rules.analyze(result.lrs, result.raw_losses, skip_start, skip_end, chance_loss)
         result.suggestions = lr_rules.suggestions(curve)
-        result.lr_at_minimum, result.tail_lr = curve.lr_at_minimum, curve.tail_lr
+        result.lr_at_minimum, result.tail_lr, result.weak_curve = curve.lr_at_minimum, curve.tail_lr, curve.weak
         result.max_lr = result.suggestions[finder_cfg.policy]
     except RangeTestError as exc:
         if finder_cfg.fallback_max_lr is None:
@@ -355,14 +358,17 @@ def find_max_lr(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Mod
     result = run_range_test(cfg, task, step, accelerator, console.advance)
     if scaler_state is not None:
         accelerator.scaler.load_state_dict(scaler_state)  # training starts from the scale it would have had without the test
+    chance_loss = math.log(task.data.num_classes) if task.classifies else None
     payload: RangeTestResult | str | None = None
     if accelerator.is_main_process:
-        payload = _decide(result, cfg, math.log(task.data.num_classes) if task.classifies else None, console)
+        payload = _decide(result, cfg, chance_loss, console)
     payload = broadcast_object_list([payload], from_process=0)[0]
     if isinstance(payload, str):
         raise RangeTestError(payload)
-    if cfg.lr_finder.probe and not payload.fallback_used:
+    if (cfg.lr_finder.probe or payload.weak_curve) and not payload.fallback_used:
         _probe(cfg, accelerator, task, model, payload, console)
+    if payload.weak_curve:
+        _confirm_learning(cfg, accelerator, payload, chance_loss)
     return MaxLRChoice(payload.max_lr, payload.chosen, payload.seconds + payload.probe_seconds, range_test=payload,
                        suggestions=payload.suggestions)  # fmt: skip
 
@@ -370,13 +376,43 @@ def find_max_lr(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Mod
 def _probe(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, result: RangeTestResult, console: RunConsole) -> None:
     """Train short cycles around the policy's pick (every rank) and keep the best; the artifacts show them."""
     started = time.perf_counter()
-    losses = lr_probe.probe(cfg, accelerator, task, model, result.max_lr, console)
-    result.max_lr, result.probe_seconds = lr_probe.best(losses), time.perf_counter() - started
-    result.probe_losses = list(losses.items())
-    found = " ".join(f"{lr:.3g}:{loss:.4g}" for lr, loss in losses.items())
-    console.line(f"LR probe (validation loss) {found} chosen max_lr={result.max_lr:.4g} seconds={result.probe_seconds:.1f}")
+    scores = lr_probe.probe(cfg, accelerator, task, model, result.max_lr, console)
+    result.max_lr, result.probe_seconds = lr_probe.best(scores, task.probe_metric), time.perf_counter() - started
+    result.probe_losses = [(lr, score.loss) for lr, score in scores.items()]
+    result.probe_accuracies = [(lr, score.accuracy) for lr, score in scores.items() if score.accuracy is not None]
+    result.probe_metric = task.probe_metric
+    found = " ".join(f"{lr:.3g}:{score.loss:.4g}" + (f"/{score.accuracy:.4f}" if task.classifies else "") for lr, score in scores.items())
+    console.line(f"LR probe (validation loss{'/accuracy' if task.classifies else ''}) {found} chosen by {task.probe_metric} "
+                 f"max_lr={result.max_lr:.4g} seconds={result.probe_seconds:.1f}")  # fmt: skip
     if accelerator.is_main_process:
         write_artifacts(result, Path(cfg.output_dir))
+
+
+def _confirm_learning(cfg: Config, accelerator: Accelerator, result: RangeTestResult, chance_loss: float) -> None:
+    """A weak curve stands if the probe's training got below chance level; else the curve's error (or the fallback).
+
+    Every rank holds the same probe losses (reduced across ranks), so every rank decides the same.
+    """
+    best = min(loss for _, loss in result.probe_losses)
+    if lr_rules.below_chance(best, chance_loss):
+        return
+    tried = ", ".join(f"{lr:.3g}" for lr, _ in result.probe_losses)
+    result.error = lr_rules.not_learning(
+        f"no lower than chance level {chance_loss:.3g}, nor did the validation loss of short one-cycle runs at max_lr {tried}: "
+        f"{best:.3g} at best"
+    )
+    if cfg.lr_finder.fallback_max_lr is not None:
+        result.fallback_used, result.max_lr = True, cfg.lr_finder.fallback_max_lr
+    if accelerator.is_main_process:
+        write_artifacts(result, Path(cfg.output_dir))
+    if not result.fallback_used:
+        raise RangeTestError(result.error)
+    if accelerator.is_main_process:
+        _warn_fallback(result)
+
+
+def _warn_fallback(result: RangeTestResult) -> None:
+    print(f"WARNING: {result.error}. Using lr_finder.fallback_max_lr={result.max_lr:g} instead.", file=sys.stderr, flush=True)
 
 
 def _decide(result: RangeTestResult, cfg: Config, chance_loss: float | None, console: RunConsole) -> RangeTestResult | str:
@@ -389,6 +425,8 @@ def _decide(result: RangeTestResult, cfg: Config, chance_loss: float | None, con
     found = " ".join(f"{name}={lr:.3g}" for name, lr in result.suggestions.items())
     console.line(f"LR range test {found} chosen={result.chosen} max_lr={result.max_lr:.4g} seconds={result.seconds:.1f}")
     write_artifacts(result, Path(cfg.output_dir))
+    if result.weak_curve:
+        console.line(f"The range test's loss got no lower than chance level ({chance_loss:.3g}): the LR probe checks that training learns")
     if result.fallback_used:
-        print(f"WARNING: {result.error}. Using lr_finder.fallback_max_lr={result.max_lr:g} instead.", file=sys.stderr, flush=True)
+        _warn_fallback(result)
     return result

@@ -3,16 +3,18 @@
 A rule reads the range test's curve, and never answers past its minimum; yet one cycle often trains
 best well above the curve's bend (SGD, large batches: issue 18). The probe trains instead: from the
 same weights, each candidate runs ``lr_finder.probe_steps`` optimizer steps of the training step
-under a one-cycle schedule of that length, then the loss on part of the validation split (the
-training split without one) decides. Every rank trains its share of each global batch, the loss is
-reduced across ranks, so every rank makes the same choice; weights, buffers and the scaler come back
-as they were. Opt-in: its cost is ``len(probe_factors) * probe_steps`` optimizer steps.
+under a one-cycle schedule of that length, then its loss (or accuracy: ``lr_finder.probe_metric``)
+on part of the validation split (the training split without one) decides. Every rank trains its
+share of each global batch, the metrics are reduced across ranks, so every rank makes the same
+choice; weights, buffers and the scaler come back as they were. Opt-in (and run on a weak curve):
+its cost is ``len(probe_factors) * probe_steps`` optimizer steps.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
@@ -29,8 +31,16 @@ from superconverge.step import TrainStep, unprepared_step
 from superconverge.task import Task
 
 
-def probe(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, pick: float, console: RunConsole) -> dict[float, float]:
-    """Each candidate max_lr (``pick`` x each factor) and its validation loss after its short cycle (inf if it blew up)."""
+@dataclass(frozen=True)
+class ProbeScore:
+    """A candidate's validation metrics after its short cycle."""
+
+    loss: float  # inf if it blew up
+    accuracy: float | None  # None where the task has no accuracy
+
+
+def probe(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, pick: float, console: RunConsole) -> dict[float, ProbeScore]:
+    """Each candidate max_lr (``pick`` x each factor) and its validation metrics after its short cycle."""
     weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
     scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
     plan = EpochPlan(len(task.data.train), BatchLayout.configured(cfg, accelerator.num_processes), cfg.seed, drop_last=True)
@@ -44,12 +54,20 @@ def probe(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, p
     return losses
 
 
-def best(losses: dict[float, float]) -> float:
-    return min(losses, key=lambda lr: losses[lr] if math.isfinite(losses[lr]) else math.inf)
+def best(scores: dict[float, ProbeScore], metric: str) -> float:
+    """The candidate with the lowest loss, or (``val_acc``) the highest accuracy, the loss breaking ties; never one that blew up."""
+
+    def rank(lr: float) -> tuple[float, float]:
+        score = scores[lr]
+        if not math.isfinite(score.loss):
+            return math.inf, math.inf
+        return (-score.accuracy if metric == "val_acc" else score.loss), score.loss
+
+    return min(scores, key=rank)
 
 
 def _candidate(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, plan: EpochPlan, max_lr: float,
-               console: RunConsole) -> float:  # fmt: skip
+               console: RunConsole) -> ProbeScore:  # fmt: skip
     optimizer = build_optimizer(cfg.optimizer, model, max_lr / cfg.schedule.div_factor, task.head)
     step = unprepared_step(cfg, accelerator, task, model, optimizer)
     schedule = build_one_cycle(cfg.schedule, optimizer, max_lr, cfg.lr_finder.probe_steps)
@@ -64,22 +82,22 @@ def _candidate(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Modu
         if accelerator.sync_gradients:
             schedule.step()
         console.advance(done)
-    return _validation_loss(cfg, accelerator, task, step)
+    return _validation(cfg, accelerator, task, step)
 
 
-def _validation_loss(cfg: Config, accelerator: Accelerator, task: Task, step: TrainStep) -> float:
-    """The mean loss over the first ``probe_val_samples`` of the validation split, each rank a strided share of it."""
+def _validation(cfg: Config, accelerator: Accelerator, task: Task, step: TrainStep) -> ProbeScore:
+    """Mean loss (and accuracy) over the first ``probe_val_samples`` of the validation split, each rank a strided share of it."""
     split = task.data.val if task.data.val is not None else task.data.train
     rows = range(accelerator.process_index, min(len(split), cfg.lr_finder.probe_val_samples), accelerator.num_processes)
     loader = DataLoader(Subset(split, rows), batch_size=cfg.data.batch_size, num_workers=task.data.workers)
     # The module inside DDP: ranks may hold one batch more or fewer, and DDP's forward can be a collective.
     inner = accelerator.unwrap_model(step.model)
-    totals = SplitTotals(accelerator.device, task.loss, classifies=False, padded=False)  # strided rows: no padding
+    totals = SplitTotals(accelerator.device, task.loss, task.classifies, padded=False)  # strided rows: no padding
     inner.eval()
     with torch.no_grad():
         for batch in loader:
             inputs, targets = send_to_device(batch, accelerator.device)
             outputs = inner(step.eval_inputs(inputs)).float()
             totals.add(accelerator, task.loss(outputs, targets).detach(), outputs, targets)
-    loss, _ = SplitTotals.summarize(totals.fold(accelerator), classifies=False)
-    return loss if math.isfinite(loss) else math.inf
+    loss, accuracy = SplitTotals.summarize(totals.fold(accelerator), task.classifies)
+    return ProbeScore(loss if math.isfinite(loss) else math.inf, accuracy)

@@ -26,7 +26,7 @@ SMOOTH_DECADES = 0.2  # width of the centred smoothing window, in decades of LR
 # a first bump counts as the tail even if the loss comes back down after it.
 TAIL_RISE = 0.05
 TAIL_RISE_OF_MIN = 0.3
-MIN_DROP = 0.05  # a real descent: the minimum is this share below the start and below chance level
+MIN_DROP = 0.05  # a real descent: the minimum is this share below the start (and, for a strong curve, below chance level)
 
 
 class RangeTestError(UserError):
@@ -41,6 +41,9 @@ class Curve:
     losses: np.ndarray  # centred-smoothed
     minimum: int  # index of the lowest smoothed loss
     tail_lr: float | None  # where the loss started to diverge (None: it never did within the test)
+    # A real descent that got no lower than chance level: a model learning slowly from a bad start, or data with
+    # nothing to learn beyond the class prior. The curve cannot tell them apart; the LR probe's training does.
+    weak: bool = False
 
     @property
     def lr_at_minimum(self) -> float:
@@ -92,14 +95,8 @@ def analyze(lrs: Sequence[float], raw_losses: Sequence[float], skip_start: int =
         )
     minimum = int(np.argmin(smoothed[:end]))
     floor = smoothed[minimum]
-    below_chance = chance_loss is None or floor <= (1 - MIN_DROP) * chance_loss
-    if smoothed[0] - floor < drop_needed or not below_chance:
-        raise RangeTestError(
-            f"the range test's loss never really went down (from {smoothed[0]:.3g} to at best {floor:.3g}"
-            + (f", chance level {chance_loss:.3g}" if chance_loss else "")
-            + ") between lr_finder.start_lr and lr_finder.end_lr: the data may not be learnable as labelled, "
-            "or the sweep misses the LRs that train; widen lr_finder.start_lr..lr_finder.end_lr or raise lr_finder.num_iter"
-        )
+    if smoothed[0] - floor < drop_needed:
+        raise RangeTestError(not_learning(f"from {smoothed[0]:.3g} to at best {floor:.3g}"))
     tail_lr = float(lrs[tail]) if tail < len(smoothed) else (float(lrs[-1]) if cut < len(raw) else None)
     if tail_lr is None and minimum >= end - 2:
         raise RangeTestError(
@@ -107,7 +104,20 @@ def analyze(lrs: Sequence[float], raw_losses: Sequence[float], skip_start: int =
             "or lr_finder.num_iter (or lower lr_finder.sweep_iter) if the test stopped below it, so the test reaches the LR "
             "where training breaks down"
         )
-    return Curve(lrs[:end], smoothed[:end], minimum, tail_lr)
+    return Curve(lrs[:end], smoothed[:end], minimum, tail_lr, weak=not below_chance(floor, chance_loss))
+
+
+def below_chance(loss: float, chance_loss: float | None) -> bool:
+    return chance_loss is None or loss <= (1 - MIN_DROP) * chance_loss
+
+
+def not_learning(found: str) -> str:
+    """The error for a curve (and, for a weak one, a probe) that shows no learning: ``found`` says what was seen."""
+    return (
+        f"the range test's loss never really went down ({found}) between lr_finder.start_lr and lr_finder.end_lr: "
+        "the data may not be learnable as labelled, or the sweep misses the LRs that train; widen "
+        "lr_finder.start_lr..lr_finder.end_lr or raise lr_finder.num_iter"
+    )
 
 
 def _before_minimum(curve: Curve, index: int) -> float:

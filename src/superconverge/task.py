@@ -41,6 +41,7 @@ class Task:
     loss: Loss  # (outputs, targets) -> the batch's mean loss
     classifies: bool  # cross-entropy on class-index targets: accuracy is a metric, else the loss is
     monitor: str  # the early-stopping and `best` checkpoint metric, resolved: val_acc or val_loss
+    probe_metric: str  # what judges the LR probe's candidates, resolved: val_acc or val_loss
 
 
 def build_task(cfg: Config) -> Task:
@@ -49,7 +50,10 @@ def build_task(cfg: Config) -> Task:
     built = build_model(cfg.model, data.num_classes, data.in_channels)
     loss = build_loss(cfg)
     classifies = cfg.loss.name == "cross_entropy" and _class_indices(data.train[0][1])
-    task = Task(data, built.module, built.head, loss, classifies, _monitor(cfg, classifies))
+    accuracy_or_loss = "val_acc" if classifies else "val_loss"
+    monitor = _metric("trainer.early_stopping.metric", cfg.trainer.early_stopping.metric, classifies, accuracy_or_loss)
+    probe_metric = _metric("lr_finder.probe_metric", cfg.lr_finder.probe_metric, classifies, monitor)
+    task = Task(data, built.module, built.head, loss, classifies, monitor, probe_metric)
     if cfg.optimizer.backbone_lr_ratio is not None and task.head is None:
         raise TaskError(f"optimizer.backbone_lr_ratio: model '{cfg.model.name}' has no known head; name its head submodule in model.head")
     probe(task, cfg)
@@ -76,13 +80,11 @@ def _class_indices(target: object) -> bool:
     return value.ndim == 0 and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
 
 
-def _monitor(cfg: Config, classifies: bool) -> str:
-    metric = cfg.trainer.early_stopping.metric
+def _metric(key: str, metric: str, classifies: bool, auto: str) -> str:
     if metric == "auto":
-        return "val_acc" if classifies else "val_loss"
+        return auto
     if metric == "val_acc" and not classifies:
-        raise TaskError("trainer.early_stopping.metric: val_acc needs accuracy, which only cross-entropy on class-index targets "
-                        "has; use val_loss (or auto)")  # fmt: skip
+        raise TaskError(f"{key}: val_acc needs accuracy, which only cross-entropy on class-index targets has; use val_loss (or auto)")
     return metric
 
 
