@@ -44,14 +44,14 @@ def probe(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, p
     weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
     scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
     plan = EpochPlan(len(task.data.train), BatchLayout.configured(cfg, accelerator.num_processes), cfg.seed, drop_last=True)
-    losses = {}
+    scores = {}
     for factor in cfg.lr_finder.probe_factors:
         console.start_phase(f"LR probe x{factor:g}", cfg.lr_finder.probe_steps * plan.layout.accum)
-        losses[pick * factor] = _candidate(cfg, accelerator, task, model, plan, pick * factor, console)
+        scores[pick * factor] = _candidate(cfg, accelerator, task, model, plan, pick * factor, console)
         model.load_state_dict(weights)
         if scaler is not None:
             accelerator.scaler.load_state_dict(scaler)
-    return losses
+    return scores
 
 
 def best(scores: dict[float, ProbeScore], metric: str) -> float:
