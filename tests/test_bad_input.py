@@ -6,9 +6,9 @@ import pytest
 from conftest import DIGITS, run
 
 
-def expect_failure(args, *needles, nproc=2):
+def expect_failure(args, *needles, nproc=2, env=None):
     started = time.monotonic()
-    proc = run(args, nproc=nproc, check=False, timeout=120)
+    proc = run(args, nproc=nproc, check=False, timeout=120, env=env)
     assert proc.returncode != 0
     assert time.monotonic() - started < 100, "must fail fast, not wait for a collective timeout"
     for needle in needles:
@@ -45,6 +45,14 @@ CASES = {
 def test_bad_input_two_processes(tmp_path, case):
     overrides, needles = CASES[case]
     expect_failure(DIGITS + [f"output_dir={tmp_path}/run", *overrides], *needles)
+
+
+def test_a_rank_that_starts_late_still_says_so_before_the_launcher_stops_it(tmp_path):
+    """The first rank to fail waits for the others to report: here rank 1's interpreter starts 4 s late
+    (a slow import under load), before it could catch the launcher's SIGTERM."""
+    (tmp_path / "sitecustomize.py").write_text("import os\nimport time\n\nif os.environ.get('RANK') == '1':\n    time.sleep(4)\n")
+    args = DIGITS + [f"output_dir={tmp_path}/run", "data.name=imagenet22k"]
+    expect_failure(args, "data.name", env={"PYTHONPATH": str(tmp_path)})
 
 
 def test_unknown_key_in_file_names_the_file(tmp_path):

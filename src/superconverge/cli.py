@@ -24,7 +24,7 @@ from superconverge.batches import BatchLayout
 from superconverge.checkpoint import check_fits, resolve_resume, validate_checkpoint
 from superconverge.config import MOOT_ON_RESUME, Config, ConfigError, describe_changes, load_config, resume_changes
 from superconverge.console import RunConsole
-from superconverge.errors import UserError, report_error
+from superconverge.errors import UserError, report_error, report_error_on_every_rank
 from superconverge.lr_finder import MaxLRChoice, RangeTestResult, find_max_lr
 from superconverge.run_dir import RunDir
 from superconverge.signals import StopSignals
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"superconverge: {exc}", file=sys.stderr, flush=True)
             return stop.exit_code
         except UserError as exc:
-            report_error(f"superconverge: error: {exc}")
+            report_error_on_every_rank(f"superconverge: error: {exc}")
             return 2
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
@@ -267,7 +267,7 @@ def lr_find_main(argv: list[str] | None = None) -> int:
         run_dir.close()
         accelerator.end_training()
     except UserError as exc:
-        report_error(f"superconverge lr-find: error: {exc}")
+        report_error_on_every_rank(f"superconverge lr-find: error: {exc}")
         return 2
     return 0
 

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 
@@ -24,3 +25,30 @@ def report_error(message: str) -> None:
     if error_file:
         Path(error_file).parent.mkdir(parents=True, exist_ok=True)
         Path(error_file).write_text(json.dumps({"message": message, "timestamp": int(time.time())}))
+
+
+def report_error_on_every_rank(message: str, grace_seconds: float = 20.0) -> None:
+    """``report_error``, then wait (at most ``grace_seconds``) until every rank has reported too.
+
+    Bad input fails on every rank before any process group exists, and torchelastic SIGTERMs the
+    other ranks as soon as the first one exits: without this a slower rank (still importing, under
+    load) dies before it has said what was wrong. No process group is formed yet, so the ranks count
+    themselves in the launcher's rendezvous store instead; a rank that never fails (an error only one
+    rank sees) costs the others the grace period, not a hang.
+    """
+    report_error(message)
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world < 2 or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return
+    from torch.distributed import TCPStore
+
+    key = f"superconverge/reported/{env.get('TORCHELASTIC_RUN_ID', 'run')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    deadline = time.monotonic() + grace_seconds
+    try:
+        store = TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timedelta(seconds=5))
+        store.add(key, 1)
+        while store.add(key, 0) < world and time.monotonic() < deadline:  # add 0: read without waiting
+            time.sleep(0.1)
+    except Exception:  # noqa: BLE001 - no store to count in (its launcher gone): the message is out, exit now
+        return
