@@ -1,0 +1,171 @@
+"""Does the best max_lr move with the run's length? Why a short probe misses (issue 18).
+
+    .venv/bin/python benchmarks/lr_horizon.py     # ~10 min on 2 cores; needs lr_policies' records
+
+lr_finder.probe compares candidate max_lrs by short one-cycle runs (30 optimizer steps) and keeps
+the best. That stands for a whole run only if the best max_lr of a short cycle is the best of a long
+one. Two measurements:
+
+1. From lr_policies' records (no runs): per task, log10 of (the grid's best max_lr at the run's own
+   length / the 30-step probe's best candidate), against the run's length in optimizer steps.
+2. Real runs: three tasks of the matrix, the grid's max_lrs at 1/4 and 1/2 of their epochs (the full
+   length is the lr_policies grid), 2 seeds: where does the best max_lr lie at each length?
+3. From the records again: the default rule's pick scaled by (run steps / 100)^beta, a length
+   correction (the range test is 100 steps), scored on the grids like lr_policies' candidates.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lr_policies  # noqa: E402
+from common import RESULTS, machine_header  # noqa: E402
+from lr_policies import TASK, Job, _probe_scores, accuracy, grid_means, load_records, run_all, seeds  # noqa: E402
+from lr_tasks import TASKS, Task  # noqa: E402
+
+SHORTER = {  # task -> shorter epoch counts to run (its grid, at the task's own epochs, is in the records)
+    "tab10-nesterov-b2048-e20": (5, 10),
+    "fmnist20k-nesterov-b512-e4": (1, 2),
+    "fmnist10k-adamw-b512-e8": (2, 4),
+}
+SEEDS = 2
+
+
+def peak(means: dict[float, float]) -> float:
+    """log10 of the best max_lr: the vertex of a parabola through the best grid point and its neighbours."""
+    exponents = sorted(means)
+    best = max(means, key=means.get)
+    i = exponents.index(best)
+    if 0 < i < len(exponents) - 1:
+        low, mid, high = means[exponents[i - 1]], means[best], means[exponents[i + 1]]
+        curvature = low - 2 * mid + high
+        if curvature < 0:
+            return best + 0.5 * (exponents[i + 1] - best) * (low - high) / curvature
+    return best
+
+
+def offline_table(grid: dict[Job, dict], curves: dict) -> list[str]:
+    lines = ["| task | half | optimizer | epochs | log10(grid best / probe's best) | log10(grid best / curve minimum) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = []
+    for task in TASKS:
+        best = peak(grid_means(task, grid))
+        probe, minimum = [], []
+        for seed in seeds(task):
+            found = curves[task.name, seed]
+            scores = _probe_scores(found, task.chance_loss is not None)
+            if scores:
+                probe.append(best - math.log10(min(scores, key=lambda s: s[1])[0]))
+                minimum.append(best - math.log10(found["lr_at_minimum"]))
+        epochs = next(o.split("=")[1] for o in task.overrides if o.startswith("trainer.epochs="))
+        rows.append((task, epochs, statistics.mean(probe), statistics.mean(minimum)))
+    for task, epochs, probe, minimum in sorted(rows, key=lambda r: r[2]):
+        lines.append(f"| {task.name} | {task.half} | {'SGD' if task.sgd else 'Adam'} | {epochs} | {probe:+.2f} | {minimum:+.2f} |")
+    spread = [r[2] for r in rows]
+    lines.append(f"\nThe probe's best is off the grid's by {statistics.mean(spread):+.2f} decades on average, {min(spread):+.2f} "
+                 f"to {max(spread):+.2f} over the tasks (standard deviation {statistics.stdev(spread):.2f}).")  # fmt: skip
+    return lines
+
+
+def horizon_table(grid: dict[Job, dict]) -> list[str]:
+    jobs = []
+    for name, shorter in SHORTER.items():
+        task = TASK[name]
+        for exponent in grid_means(task, grid):
+            for epochs in shorter:
+                extra = (f"trainer.epochs={epochs}",)
+                jobs += [Job("grid", name, seed, round(10**exponent, 10), f"-e{epochs}", extra) for seed in range(SEEDS)]
+    runs = run_all(jobs)
+    lines = ["| task | epochs | score at max_lr (mean of 2 seeds; the full length: the grid's 5) | best max_lr |", "|---|---|---|---|"]
+    growth = []
+    for name, shorter in SHORTER.items():
+        task = TASK[name]
+        full = next(o.split("=")[1] for o in task.overrides if o.startswith("trainer.epochs="))
+        by_length = {f"{epochs}": _means(runs, name, f"-e{epochs}") for epochs in shorter} | {full: grid_means(task, grid)}
+        for epochs, means in by_length.items():
+            cells = ", ".join(f"{10**e:.2g}: {100 * v:.1f}" for e, v in means.items())
+            lines.append(f"| {name} | {epochs} | {cells} | {10 ** peak(means):.2g} |")
+        bests = [peak(means) for means in by_length.values()]
+        growth.append(f"{name} x{10 ** (bests[-1] - bests[0]):.1f}")
+    return [*lines, "", f"The best max_lr from a quarter of the run to the whole run (4x the steps): {', '.join(growth)}."]
+
+
+def optimizer_steps(task: Task) -> int:
+    """The run's optimizer steps: epochs x batches of its training split, as the configs split the data
+    (Fashion-MNIST's val_fraction 0.1 of data.limit_train; digits 1,222 after its test and val splits; the
+    user data sets' test rows, then 0.15 for val). Checked against the summaries of section 2's runs."""
+    options = dict(o.split("=", 1) for o in task.overrides)
+    data = options.get("data.name", "")
+    if "data.limit_train" in options:
+        train = int(options["data.limit_train"]) * 0.9
+    elif not data:
+        train = 1222
+    elif data.endswith(":tabular"):
+        train = (int(options.get("data.kwargs.samples", 12000)) - 4000) * 0.85
+    elif data.endswith(":friedman"):
+        train = (10000 - 3000) * 0.85
+    else:  # a fine-tune: data.kwargs.limit images of the other classes
+        train = int(options["data.kwargs.limit"]) * 0.85
+    return int(options["trainer.epochs"]) * math.ceil(train / int(options["data.batch_size"]))
+
+
+def length_corrected(grid: dict[Job, dict], curves: dict) -> list[str]:
+    rules, _ = lr_policies.candidates()
+    default = rules[lr_policies.DEFAULT + lr_policies.DEFAULT_VARIANT]
+    grids = {task.name: grid_means(task, grid) for task in TASKS}
+    steps = [optimizer_steps(task) for task in TASKS]
+    lines = [f"Runs of {min(steps)}-{max(steps)} optimizer steps. Regret in points (grid-scored, as lr_policies' select phase).", "",
+             "| beta | tune worst | tune mean | held-out worst | held-out mean |", "|---|---|---|---|---|"]  # fmt: skip
+    for beta in (0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5):
+
+        def scaled(found: dict, task: Task, beta: float = beta) -> float | None:
+            lr = default(found, task)
+            return None if lr is None else lr * (optimizer_steps(task) / 100) ** beta
+
+        cells = lr_policies.halves(lr_policies.rule_regrets(scaled, curves, grids))
+        lines.append(f"| {beta:g} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
+    return lines
+
+
+def _means(runs: dict[Job, dict], task: str, label: str) -> dict[float, float]:
+    by_exponent: dict[float, list[float]] = {}
+    for job, summary in runs.items():
+        if job.task == task and job.label == label:
+            by_exponent.setdefault(round(math.log10(job.max_lr), 3), []).append(accuracy(job, summary))
+    return {e: statistics.mean(v) for e, v in sorted(by_exponent.items())}
+
+
+def main() -> None:
+    grid, curves, _ = load_records()
+    lines = [
+        "# The best max_lr against the run's length (issue 18)",
+        "",
+        machine_header(),
+        "",
+        "## 1. The 30-step probe's best candidate against the grid's best at the run's own length (from lr_policies' records)",
+        "",
+        "Means over each task's seeds; the grid's best is the vertex of a parabola through its best point and neighbours "
+        "(in log10 max_lr); the probe's candidates are x{1, 1.6, 2.5, 4, 6, 10} of floor_edge's pick, judged as "
+        "lr_finder.probe_metric auto judges. Positive: the whole run wants more than the probe chose.",
+        "",
+        *offline_table(grid, curves),
+        "",
+        "## 2. Real runs at shorter lengths (the same task, fewer epochs)",
+        "",
+        *horizon_table(grid),
+        "",
+        "## 3. The default rule's pick scaled by (run steps / 100)^beta (from the records)",
+        "",
+        *length_corrected(grid, curves),
+    ]
+    out = RESULTS / "lr_horizon.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()
