@@ -1,6 +1,6 @@
 """Does the best max_lr move with the run's length? Why a short probe misses (issue 18).
 
-    .venv/bin/python benchmarks/lr_horizon.py     # ~10 min on 2 cores; needs lr_policies' records
+    .venv/bin/python benchmarks/lr_horizon.py     # ~1 h 10 min on 2 cores (section 4: ~50 min); needs lr_policies. records
 
 lr_finder.probe compares candidate max_lrs by short one-cycle runs (30 optimizer steps) and keeps
 the best. That stands for a whole run only if the best max_lr of a short cycle is the best of a long
@@ -12,6 +12,9 @@ one. Two measurements:
    length is the lr_policies grid), 2 seeds: where does the best max_lr lie at each length?
 3. From the records again: the default rule's pick scaled by (run steps / 100)^beta, a length
    correction (the range test is 100 steps), scored on the grids like lr_policies' candidates.
+4. A probe at two lengths: every task x seed's range test again with a 15-step probe (factors from
+   x0.4 to x10), next to the records' 30-step probe; each task's best candidate is extrapolated from
+   15 to 30 steps on to the run's own length (a growth of g per doubling: x g^(log2(steps / 30) * damping)).
 """
 
 from __future__ import annotations
@@ -131,6 +134,52 @@ def length_corrected(grid: dict[Job, dict], curves: dict) -> list[str]:
     return lines
 
 
+SHORT_STEPS = 15
+SHORT_FACTORS = (0.4, 0.63, 1, 1.6, 2.5, 4, 6, 10)
+SHORT_SEEDS = 2  # of each task's seeds (its first two): the 15-step probes cost about an hour for all 101 task x seeds here
+SHORT_EXTRA = ("lr_finder.probe=true", f"lr_finder.probe_factors=[{','.join(map(str, SHORT_FACTORS))}]",
+               f"lr_finder.probe_steps={SHORT_STEPS}")  # fmt: skip
+
+
+def best_factor(found: dict, task: Task) -> float | None:
+    """The probe's best candidate over the range test's pick (its first candidate is x1 or x0.4), as the product judges."""
+    scores = _probe_scores(found, task.chance_loss is not None)
+    if not scores:
+        return None
+    pick = found["probe_losses"][SHORT_FACTORS.index(1)][0] if len(scores) == len(SHORT_FACTORS) else scores[0][0]
+    return min(scores, key=lambda s: s[1])[0] / pick
+
+
+def two_lengths(grid: dict[Job, dict], curves: dict) -> list[str]:
+    lr_policies.pretrain()  # the fine-tune tasks' backbone, if this checkout has not made it yet
+    jobs = [Job("curve", t.name, seed, label=f"-wide{SHORT_STEPS}", extra=SHORT_EXTRA) for t in TASKS for seed in range(SHORT_SEEDS)]
+    short = {(job.task, job.seed): found for job, found in run_all(jobs).items()}
+    grids = {task.name: grid_means(task, grid) for task in TASKS}
+    lines = [f"Each task's first {SHORT_SEEDS} seeds (picks), its grid's mean over all of them (regret in points).", "",
+             "| damping | tune worst | tune mean | held-out worst | held-out mean |", "|---|---|---|---|---|"]  # fmt: skip
+    for damping in (0, 0.25, 0.5, 0.75, 1.0):
+
+        def extrapolated(found: dict, task: Task, damping: float = damping) -> float | None:
+            if (task.name, found["seed"]) not in short:
+                return None  # a seed left out of this section: left out of the regret's mean for every damping alike
+            at15, at30 = best_factor(short[task.name, found["seed"]], task), best_factor(found, task)
+            if at15 is None or at30 is None:
+                return found.get("max_lr")
+            doublings = math.log2(optimizer_steps(task) / 30)
+            return _probe_scores(found, False)[0][0] * at30 * (at30 / at15) ** (doublings * damping)
+
+        cells = lr_policies.halves(lr_policies.rule_regrets(extrapolated, curves, grids))
+        lines.append(f"| {damping:g} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
+    growth = [best_factor(curves[key], TASK[key[0]]) / best_factor(found, TASK[key[0]]) for key, found in short.items()
+              if best_factor(found, TASK[key[0]]) and best_factor(curves[key], TASK[key[0]])]  # fmt: skip
+    counts = {g: sum(1 for x in growth if round(x, 2) == g) for g in sorted({round(x, 2) for x in growth})}
+    return [
+        *lines,
+        "",
+        f"Damping 0 is the 30-step probe alone. The best candidate's growth from 15 to 30 steps (task x seeds): {counts}.",
+    ]
+
+
 def _means(runs: dict[Job, dict], task: str, label: str) -> dict[float, float]:
     by_exponent: dict[float, list[float]] = {}
     for job, summary in runs.items():
@@ -161,6 +210,10 @@ def main() -> None:
         "## 3. The default rule's pick scaled by (run steps / 100)^beta (from the records)",
         "",
         *length_corrected(grid, curves),
+        "",
+        f"## 4. A probe at {SHORT_STEPS} and 30 steps, extrapolated to the run's length (grid-scored)",
+        "",
+        *two_lengths(grid, curves),
     ]
     out = RESULTS / "lr_horizon.md"
     out.write_text("\n".join(lines) + "\n")
