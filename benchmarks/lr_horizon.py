@@ -1,6 +1,6 @@
 """Does the best max_lr move with the run's length? Why a short probe misses (issue 18).
 
-    .venv/bin/python benchmarks/lr_horizon.py     # ~1 h 10 min on 2 cores (section 4: ~50 min); needs lr_policies. records
+    .venv/bin/python benchmarks/lr_horizon.py     # ~1 h 10 min on 2 cores (section 4: ~50 min); needs lr_policies' records
 
 lr_finder.probe compares candidate max_lrs by short one-cycle runs (30 optimizer steps) and keeps
 the best. That stands for a whole run only if the best max_lr of a short cycle is the best of a long
