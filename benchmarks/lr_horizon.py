@@ -38,6 +38,11 @@ SHORTER = {  # task -> shorter epoch counts to run (its grid, at the task's own 
 SEEDS = 2
 
 
+def option(task: Task, key: str) -> str:
+    """The value a task's overrides give ``key`` (its epochs, batch size, data set)."""
+    return dict(o.split("=", 1) for o in task.overrides)[key]
+
+
 def peak(means: dict[float, float]) -> float:
     """log10 of the best max_lr: the vertex of a parabola through the best grid point and its neighbours."""
     exponents = sorted(means)
@@ -64,8 +69,7 @@ def offline_table(grid: dict[Job, dict], curves: dict) -> list[str]:
             if scores:
                 probe.append(best - math.log10(min(scores, key=lambda s: s[1])[0]))
                 minimum.append(best - math.log10(found["lr_at_minimum"]))
-        epochs = next(o.split("=")[1] for o in task.overrides if o.startswith("trainer.epochs="))
-        rows.append((task, epochs, statistics.mean(probe), statistics.mean(minimum)))
+        rows.append((task, option(task, "trainer.epochs"), statistics.mean(probe), statistics.mean(minimum)))
     for task, epochs, probe, minimum in sorted(rows, key=lambda r: r[2]):
         lines.append(f"| {task.name} | {task.half} | {'SGD' if task.sgd else 'Adam'} | {epochs} | {probe:+.2f} | {minimum:+.2f} |")
     spread = [r[2] for r in rows]
@@ -87,8 +91,8 @@ def horizon_table(grid: dict[Job, dict]) -> list[str]:
     growth = []
     for name, shorter in SHORTER.items():
         task = TASK[name]
-        full = next(o.split("=")[1] for o in task.overrides if o.startswith("trainer.epochs="))
-        by_length = {f"{epochs}": _means(runs, name, f"-e{epochs}") for epochs in shorter} | {full: grid_means(task, grid)}
+        by_length = {f"{epochs}": _means(runs, name, f"-e{epochs}") for epochs in shorter}
+        by_length[option(task, "trainer.epochs")] = grid_means(task, grid)
         for epochs, means in by_length.items():
             cells = ", ".join(f"{10**e:.2g}: {100 * v:.1f}" for e, v in means.items())
             lines.append(f"| {name} | {epochs} | {cells} | {10 ** peak(means):.2g} |")
@@ -154,15 +158,16 @@ def two_lengths(grid: dict[Job, dict], curves: dict) -> list[str]:
     lr_policies.pretrain()  # the fine-tune tasks' backbone, if this checkout has not made it yet
     jobs = [Job("curve", t.name, seed, label=f"-wide{SHORT_STEPS}", extra=SHORT_EXTRA) for t in TASKS for seed in range(SHORT_SEEDS)]
     short = {(job.task, job.seed): found for job, found in run_all(jobs).items()}
+    factors = {key: (best_factor(found, TASK[key[0]]), best_factor(curves[key], TASK[key[0]])) for key, found in short.items()}
     grids = {task.name: grid_means(task, grid) for task in TASKS}
     lines = [f"Each task's first {SHORT_SEEDS} seeds (picks), its grid's mean over all of them (regret in points).", "",
              "| damping | tune worst | tune mean | held-out worst | held-out mean |", "|---|---|---|---|---|"]  # fmt: skip
     for damping in (0, 0.25, 0.5, 0.75, 1.0):
 
         def extrapolated(found: dict, task: Task, damping: float = damping) -> float | None:
-            if (task.name, found["seed"]) not in short:
+            if (task.name, found["seed"]) not in factors:
                 return None  # a seed left out of this section: left out of the regret's mean for every damping alike
-            at15, at30 = best_factor(short[task.name, found["seed"]], task), best_factor(found, task)
+            at15, at30 = factors[task.name, found["seed"]]
             if at15 is None or at30 is None:
                 return found.get("max_lr")
             doublings = math.log2(optimizer_steps(task) / 30)
@@ -170,8 +175,7 @@ def two_lengths(grid: dict[Job, dict], curves: dict) -> list[str]:
 
         cells = lr_policies.halves(lr_policies.rule_regrets(extrapolated, curves, grids))
         lines.append(f"| {damping:g} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
-    growth = [best_factor(curves[key], TASK[key[0]]) / best_factor(found, TASK[key[0]]) for key, found in short.items()
-              if best_factor(found, TASK[key[0]]) and best_factor(curves[key], TASK[key[0]])]  # fmt: skip
+    growth = [at30 / at15 for at15, at30 in factors.values() if at15 and at30]
     counts = {g: sum(1 for x in growth if round(x, 2) == g) for g in sorted({round(x, 2) for x in growth})}
     return [
         *lines,
