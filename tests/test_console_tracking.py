@@ -21,28 +21,36 @@ def wandb_file(run_dir: Path, index: int) -> Path:
     return next(runs[index].glob("*.wandb"))
 
 
-def test_offline_wandb_run_is_continued_on_resume(digits_args, tmp_path):
-    args = digits_args("tracking.wandb.log_every_steps=5", "tracking.wandb.tags=[cpu,test]", "trainer.epochs=3")
+def test_offline_wandb_run_goes_on_across_resumes_and_its_steps_never_go_back(digits_args, tmp_path):
+    """Two processes, three invocations of one run: epoch 1; epoch 2 (resumed); then, from the epoch-1 checkpoint
+    kept aside, epochs 2 and 3 again. One W&B run throughout, its step counter only going up."""
+    run_dir, older = tmp_path / "run", tmp_path / "older"
+    args = digits_args("tracking.wandb.log_every_steps=2", "tracking.wandb.tags=[cpu,test]", "trainer.epochs=3")
     first = run([*args, "trainer.stop_after_epochs=1"], nproc=2, env=OFFLINE)
     assert first.stderr.count("no W&B API key found: logging offline") == 1
-    run(args, nproc=2, env=OFFLINE)
-    run_dir = tmp_path / "run"
+    shutil.copytree((run_dir / "checkpoints" / "last").resolve(), older)  # the epoch-1 checkpoint, kept aside
+    run([*args, "trainer.stop_after_epochs=1"], nproc=2, env=OFFLINE)  # epoch 2
+    run([*args, f"trainer.resume={older}"], nproc=2, env=OFFLINE)  # back to epoch 1: epoch 2 again, then 3
     info = summary(run_dir)
     run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
     assert info["wandb_run_id"] == run_id and info["wandb_mode"] == "offline" and info["resumed"]
-    before, after = wandb_file(run_dir, 0), wandb_file(run_dir, 1)
-    assert wandb_reader.run_ids(before) == wandb_reader.run_ids(after) == {run_id}
-    assert {"data", "model", "schedule", "trainer", "lr_finder"} <= wandb_reader.config_keys(before)
-    rows_before, rows_after = wandb_reader.history(before), wandb_reader.history(after)
-    train_steps = [r["_step"] for r in rows_before if "train/loss" in r]
-    assert train_steps and all(step % 5 == 0 for step in train_steps)
-    assert all(k in rows_before[-1] for k in ("train/lr", "train/momentum", "train/images_per_second"))
-    assert any("lr_finder/curve_table/_type" in r for r in rows_before) and any("lr_finder/plot/_type" in r for r in rows_before)
-    epoch_rows = [r for r in rows_before + rows_after if "epoch/val_acc" in r]
-    assert [r["epoch/epoch"] for r in epoch_rows] == [1, 2, 3]
-    assert min(r["_step"] for r in rows_after) > max(r["_step"] for r in rows_before)  # the step counter goes on
-    final = wandb_reader.summary(after)
-    assert final["test_acc"] == info["test_acc"] and final["max_lr"] == info["max_lr"]
+    files = [wandb_file(run_dir, i) for i in range(3)]
+    assert all(wandb_reader.run_ids(f) == {run_id} for f in files)
+    assert {"data", "model", "schedule", "trainer", "lr_finder"} <= wandb_reader.config_keys(files[0])
+    chunks = [wandb_reader.history(f) for f in files]
+    train_steps = [r["_step"] for r in chunks[0] if "train/loss" in r]
+    assert train_steps and all(step % 2 == 0 for step in train_steps)
+    assert all(k in chunks[0][-1] for k in ("train/lr", "train/momentum", "train/images_per_second"))
+    assert any("lr_finder/curve_table/_type" in r for r in chunks[0]) and any("lr_finder/plot/_type" in r for r in chunks[0])
+    assert [[r["epoch/epoch"] for r in chunk if "epoch/val_acc" in r] for chunk in chunks] == [[1], [2], [2, 3]]
+    for before, after in itertools.pairwise(chunks):
+        assert min(r["_step"] for r in after) > max(r["_step"] for r in before)  # W&B would drop anything else
+    steps_per_epoch = history(run_dir)[0]["optimizer_steps"]
+    assert all(r["trainer/step"] == r["_step"] for chunk in chunks[:2] for r in chunk if "train/loss" in r)
+    first_time, again = ([r["trainer/step"] for r in chunk if "train/loss" in r and r["trainer/step"] <= 2 * steps_per_epoch]
+                         for chunk in chunks[1:])  # fmt: skip
+    assert first_time == again and first_time[0] == steps_per_epoch + 2  # epoch 2 twice, every row kept, on the same x-axis
+    assert wandb_reader.summary(files[2])["test_acc"] == info["test_acc"] and wandb_reader.summary(files[2])["max_lr"] == info["max_lr"]
 
 
 def test_api_key_is_never_printed_or_written(digits_args, tmp_path):
@@ -111,19 +119,3 @@ def test_a_wandb_server_that_refuses_falls_back_to_offline_at_once(digits_args, 
     assert info["completed"] and info["wandb_mode"] == "offline"
     rows = wandb_reader.history(wandb_file(tmp_path / "run", 0))
     assert any("train/loss" in r for r in rows) and [r["epoch/epoch"] for r in rows if "epoch/epoch" in r] == [1]
-
-
-def test_wandb_steps_never_go_back_when_resuming_from_an_older_checkpoint(digits_args, tmp_path):
-    run_dir, older = tmp_path / "run", tmp_path / "older"
-    args = digits_args("trainer.epochs=3", "trainer.stop_after_epochs=1", "tracking.wandb.log_every_steps=2", "tracking.wandb.mode=offline")
-    run(args, env=OFFLINE)
-    shutil.copytree((run_dir / "checkpoints" / "last").resolve(), older)  # the epoch-1 checkpoint, kept aside
-    run(args, env=OFFLINE)  # epoch 2
-    run([*args, f"trainer.resume={older}"], env=OFFLINE)  # back to epoch 1: epoch 2 again
-    chunks = [wandb_reader.history(wandb_file(run_dir, i)) for i in range(3)]
-    for before, after in itertools.pairwise(chunks):
-        assert min(r["_step"] for r in after) > max(r["_step"] for r in before)  # W&B would drop anything else
-    steps_per_epoch = history(run_dir)[0]["optimizer_steps"]
-    assert all(r["trainer/step"] == r["_step"] for chunk in chunks[:2] for r in chunk if "train/loss" in r)
-    first, again = ([r["trainer/step"] for r in chunk if "train/loss" in r] for chunk in chunks[1:])
-    assert first == again and first[0] == steps_per_epoch + 2  # epoch 2 twice, every row kept, on the same x-axis
