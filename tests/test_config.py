@@ -33,7 +33,8 @@ def test_resolved_config_round_trips(tmp_path):
     ("override", "key"),
     [("data.batch_size=-1", "data.batch_size"), ("schedule.pct_start=0", "schedule.pct_start"),
      ("schedule.pct_start=1", "schedule.pct_start"), ("trainer.epochs=0", "trainer.epochs"),
-     ("schedule.max_lr=0", "schedule.max_lr"), ("data.val_fraction=1.0", "data.val_fraction"),
+     ("schedule.max_lr=0", "schedule.max_lr"), ("schedule.max_lr=-0.1", "schedule.max_lr"), ("data.batch_size=0", "data.batch_size"),
+     ("schedule.pct_start=1.5", "schedule.pct_start"), ("data.val_fraction=1.0", "data.val_fraction"),
      ("optimizer.name=lion", "optimizer.name"), ("trainer.mixed_precision=fp8", "trainer.mixed_precision"),
      ("lr_finder.probe_factors=[1]", "lr_finder.probe_factors"), ("lr_finder.probe_factors=[1,-2]", "lr_finder.probe_factors"),
      ("nonsense=1", "nonsense")],
@@ -42,6 +43,12 @@ def test_errors_name_the_key_and_the_source(override, key):
     with pytest.raises(ConfigError) as info:
         load_config(ROOT / "configs" / "digits.yaml", [override])
     assert f"{key}:" in str(info.value) and "[command line]" in str(info.value)
+
+
+def test_a_range_test_that_ends_below_its_start_names_both_keys():
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "configs" / "digits.yaml", ["lr_finder.start_lr=1", "lr_finder.end_lr=0.1"])
+    assert "lr_finder.start_lr (1.0) must be below lr_finder.end_lr (0.1) [command line]" in str(info.value)
 
 
 @pytest.mark.parametrize(
