@@ -1,6 +1,6 @@
 """Does the best max_lr move with the run's length? Why a short probe misses (issue 18).
 
-    .venv/bin/python benchmarks/lr_horizon.py     # ~1 h 10 min on 2 cores (section 4: ~50 min); needs lr_policies' records
+    .venv/bin/python benchmarks/lr_horizon.py     # ~2 h 25 min on 2 cores (section 2: ~1 h 30 min, 4: ~50 min); needs lr_policies' records
 
 lr_finder.probe compares candidate max_lrs by short one-cycle runs (30 optimizer steps) and keeps
 the best. That stands for a whole run only if the best max_lr of a short cycle is the best of a long
@@ -8,8 +8,10 @@ one. Two measurements:
 
 1. From lr_policies' records (no runs): per task, log10 of (the grid's best max_lr at the run's own
    length / the 30-step probe's best candidate), against the run's length in optimizer steps.
-2. Real runs: three tasks of the matrix, the grid's max_lrs at 1/4 and 1/2 of their epochs (the full
-   length is the lr_policies grid), 2 seeds: where does the best max_lr lie at each length?
+2. Real runs: six tasks of the matrix, the grid's max_lrs at other lengths (1/4 and 1/2 of their epochs
+   on three; 4x on four cheap ones, to 480-2,260 optimizer steps, the default job's order; their own length
+   is the lr_policies grid), 2 seeds: where does the best max_lr lie at each length, and what do the
+   default rule's and the probe's picks (which do not depend on the length) lose there?
 3. From the records again: the default rule's pick scaled by (run steps / 100)^beta, a length
    correction (the range test is 100 steps), scored on the grids like lr_policies' candidates.
 4. A probe at two lengths: every task x seed's range test again with a 15-step probe (factors from
@@ -30,10 +32,15 @@ from common import RESULTS, machine_header  # noqa: E402
 from lr_policies import TASK, Job, _probe_scores, accuracy, grid_means, load_records, run_all, seeds  # noqa: E402
 from lr_tasks import TASKS, Task  # noqa: E402
 
-SHORTER = {  # task -> shorter epoch counts to run (its grid, at the task's own epochs, is in the records)
-    "tab10-nesterov-b2048-e20": (5, 10),
+LENGTHS = {  # task -> other epoch counts to run (its grid at its own epochs is in the records)
+    "tab10-nesterov-b2048-e20": (5, 10, 80),
     "fmnist20k-nesterov-b512-e4": (1, 2),
     "fmnist10k-adamw-b512-e8": (2, 4),
+    # Longer runs of cheap tasks: every task of the matrix is 108-570 optimizer steps long, the default job 2,110.
+    # (The MLPs on tabular data run at ~6k samples/s here: 180 epochs of tab10 would be 6 min a run.)
+    "tab6-adamw-b1024-e20": (80,),
+    "digits-sgd-b32-e8": (32,),
+    "friedman-sgd-b64-e6": (24,),
 }
 SEEDS = 2
 
@@ -78,27 +85,56 @@ def offline_table(grid: dict[Job, dict], curves: dict) -> list[str]:
     return lines
 
 
-def horizon_table(grid: dict[Job, dict]) -> list[str]:
-    jobs = []
-    for name, shorter in SHORTER.items():
-        task = TASK[name]
-        for exponent in grid_means(task, grid):
-            for epochs in shorter:
-                extra = (f"trainer.epochs={epochs}",)
-                jobs += [Job("grid", name, seed, round(10**exponent, 10), f"-e{epochs}", extra) for seed in range(SEEDS)]
-    runs = run_all(jobs)
-    lines = ["| task | epochs | score at max_lr (mean of 2 seeds; the full length: the grid's 5) | best max_lr |", "|---|---|---|---|"]
+def length_jobs(name: str, epochs: int, exponents) -> list[Job]:
+    extra = (f"trainer.epochs={epochs}",)
+    return [Job("grid", name, seed, round(10**e, 10), f"-e{epochs}", extra) for e in exponents for seed in range(SEEDS)]
+
+
+def other_lengths(grid: dict[Job, dict]) -> dict[tuple[str, int], dict[float, float]]:
+    """Each task's grid at its other lengths, grown at an edge as lr_policies' grids are, until its best point is inside."""
+    exponents = {(name, e): list(grid_means(TASK[name], grid)) for name, lengths in LENGTHS.items() for e in lengths}
+    runs = run_all([job for (name, e), exps in exponents.items() for job in length_jobs(name, e, exps)])
+    while True:
+        extra = []
+        for (name, epochs), exps in exponents.items():
+            means = _means(runs, name, f"-e{epochs}")
+            best = max(means, key=means.get)
+            step = 0.5 if best == max(means) and best < 1.5 else -0.5 if best == min(means) and best > -5 else 0
+            if step:
+                exps.append(best + step)
+                extra += length_jobs(name, epochs, [best + step])
+        if not extra:
+            return {key: _means(runs, key[0], f"-e{key[1]}") for key in exponents}
+        runs |= run_all(extra)
+
+
+def regret(means: dict[float, float], chooser: lr_policies.Candidate, task: Task, curves: dict) -> float:
+    """Points below the grid's best at the chooser's picks over all the task's seeds (its range tests and probes do not
+    depend on the run's length), grid-scored as lr_policies' select phase scores."""
+    picks = [chooser(curves[task.name, seed], task) for seed in seeds(task)]
+    return 100 * (max(means.values()) - statistics.mean(lr_policies.interpolated(means, lr) for lr in picks if lr is not None))
+
+
+def horizon_table(grid: dict[Job, dict], curves: dict) -> list[str]:
+    rules, _ = lr_policies.candidates()
+    choosers = [rules[lr_policies.DEFAULT + lr_policies.DEFAULT_VARIANT], rules[lr_policies.PRODUCT_PROBE]]
+    other = other_lengths(grid)
+    lines = ["| task | epochs | optimizer steps | score at max_lr (mean of 2 seeds; the task's own length: its grid's) | best max_lr "
+             "| regret: floor_edge | regret: lr_finder.probe |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     growth = []
-    for name, shorter in SHORTER.items():
+    for name, lengths in LENGTHS.items():
         task = TASK[name]
-        by_length = {f"{epochs}": _means(runs, name, f"-e{epochs}") for epochs in shorter}
-        by_length[option(task, "trainer.epochs")] = grid_means(task, grid)
-        for epochs, means in by_length.items():
+        own = int(option(task, "trainer.epochs"))
+        by_length = {epochs: other[name, epochs] for epochs in lengths} | {own: grid_means(task, grid)}
+        for epochs, means in sorted(by_length.items()):
             cells = ", ".join(f"{10**e:.2g}: {100 * v:.1f}" for e, v in means.items())
-            lines.append(f"| {name} | {epochs} | {cells} | {10 ** peak(means):.2g} |")
-        bests = [peak(means) for means in by_length.values()]
-        growth.append(f"{name} x{10 ** (bests[-1] - bests[0]):.1f}")
-    return [*lines, "", f"The best max_lr from a quarter of the run to the whole run (4x the steps): {', '.join(growth)}."]
+            regrets = " | ".join(f"{regret(means, chooser, task, curves):.2f}" for chooser in choosers)
+            steps = optimizer_steps(task) * epochs // own
+            label = f"{epochs} (own)" if epochs == own else f"{epochs}"
+            lines.append(f"| {name} | {label} | {steps} | {cells} | {10 ** peak(means):.2g} | {regrets} |")
+        ends = [by_length[min(by_length)], by_length[max(by_length)]]
+        growth.append(f"{name} x{10 ** (peak(ends[1]) - peak(ends[0])):.1f} for x{max(by_length) // min(by_length)} the steps")
+    return [*lines, "", f"The best max_lr from the shortest length to the longest: {'; '.join(growth)}."]
 
 
 def optimizer_steps(task: Task) -> int:
@@ -207,9 +243,9 @@ def main() -> None:
         "",
         *offline_table(grid, curves),
         "",
-        "## 2. Real runs at shorter lengths (the same task, fewer epochs)",
+        "## 2. Real runs at other lengths (the same task, fewer or more epochs)",
         "",
-        *horizon_table(grid),
+        *horizon_table(grid, curves),
         "",
         "## 3. The default rule's pick scaled by (run steps / 100)^beta (from the records)",
         "",

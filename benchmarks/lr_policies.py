@@ -73,14 +73,19 @@ class Job:
         return args + ([f"schedule.max_lr={self.max_lr!r}"] if self.max_lr is not None else [])
 
 
+def finished(summary: dict) -> bool:
+    """Ran to its end, or diverged (a result: Task.score counts it as 0); not stopped by a signal."""
+    return summary["completed"] or summary.get("diverged", False)
+
+
 def execute(job: Job) -> tuple[Job, dict]:
     """Run one job (or read its cached result): a range test's record, or a run's summary."""
     done = job.run_dir / ("lr_finder.json" if job.kind == "curve" else "summary.json")
-    if done.exists() and job.kind != "curve" and not read_json(done)["completed"]:
+    if done.exists() and job.kind != "curve" and not finished(read_json(done)):
         shutil.rmtree(job.run_dir)  # a run stopped by a signal (its summary says so): run it again from the start
     if not done.exists():
         code = run_in_process("lr_find" if job.kind == "curve" else "train", job.argv())
-        if code != 0 and job.kind != "curve":
+        if code != 0 and job.kind != "curve" and not (done.exists() and read_json(done).get("diverged")):
             raise RuntimeError(f"{job} exited {code}")
         if not done.exists():
             return job, {"error": f"exit {code}"}
