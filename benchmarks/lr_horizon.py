@@ -4,12 +4,12 @@
 
 lr_finder.probe compares candidate max_lrs by short one-cycle runs (30 optimizer steps) and keeps
 the best. That stands for a whole run only if the best max_lr of a short cycle is the best of a long
-one. Two measurements:
+one. Four measurements:
 
 1. From lr_policies' records (no runs): per task, log10 of (the grid's best max_lr at the run's own
    length / the 30-step probe's best candidate), against the run's length in optimizer steps.
 2. Real runs: six tasks of the matrix, the grid's max_lrs at other lengths (1/4 and 1/2 of their epochs
-   on three; 4x on four cheap ones, to 480-2,260 optimizer steps, the default job's order; their own length
+   on three; 4x on four cheap ones, to 480-2,230 optimizer steps, the default job's order; their own length
    is the lr_policies grid), 2 seeds: where does the best max_lr lie at each length, and what do the
    default rule's and the probe's picks (which do not depend on the length) lose there?
 3. From the records again: the default rule's pick scaled by (run steps / 100)^beta, a length
@@ -98,11 +98,9 @@ def other_lengths(grid: dict[Job, dict]) -> dict[tuple[str, int], dict[float, fl
         extra = []
         for (name, epochs), exps in exponents.items():
             means = _means(runs, name, f"-e{epochs}")
-            best = max(means, key=means.get)
-            step = 0.5 if best == max(means) and best < 1.5 else -0.5 if best == min(means) and best > -5 else 0
-            if step:
-                exps.append(best + step)
-                extra += length_jobs(name, epochs, [best + step])
+            if step := lr_policies.edge_step(means):
+                exps.append(max(means, key=means.get) + step)
+                extra += length_jobs(name, epochs, exps[-1:])
         if not extra:
             return {key: _means(runs, key[0], f"-e{key[1]}") for key in exponents}
         runs |= run_all(extra)

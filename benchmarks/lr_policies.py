@@ -150,6 +150,14 @@ def cached_grid_jobs(task: Task) -> list[Job]:
     return [Job("grid", task.name, seed, lr) for lr in sorted(found) for seed in seeds(task)]
 
 
+def edge_step(means: dict[float, float]) -> float:
+    """Half a decade past the edge a grid's best point (log10 max_lr) lies on, or 0 if it lies inside (up to 10^1.5)."""
+    best = max(means, key=means.get)
+    if best == min(means):
+        return -0.5
+    return 0.5 if best == max(means) and best < 1.5 else 0.0
+
+
 def run_grid() -> dict[Job, dict]:
     exponents = {task.name: list(task.grid) for task in TASKS}
     results = run_all([job for task in TASKS for job in grid_jobs(task, exponents[task.name])])
@@ -157,13 +165,9 @@ def run_grid() -> dict[Job, dict]:
         extra = []
         for task in TASKS:
             means = grid_means(task, results)
-            best = max(means, key=means.get)
-            if best == min(means):
-                exponents[task.name].insert(0, best - 0.5)
-                extra += grid_jobs(task, [best - 0.5])
-            elif best == max(means) and best < 1.5:
-                exponents[task.name].append(best + 0.5)
-                extra += grid_jobs(task, [best + 0.5])
+            if step := edge_step(means):
+                exponents[task.name].append(max(means, key=means.get) + step)
+                extra += grid_jobs(task, exponents[task.name][-1:])
         if not extra:
             return results
         print(f"growing grids by {len(extra)} runs", flush=True)
