@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lr_policies  # noqa: E402
 from common import RESULTS, machine_header  # noqa: E402
-from lr_policies import TASK, Job, _probe_scores, accuracy, grid_means, load_records, run_all, seeds  # noqa: E402
+from lr_policies import TASK, Job, _probe_scores, grid_means, load_records, run_all, seeds  # noqa: E402
 from lr_tasks import TASKS, Task  # noqa: E402
 
 LENGTHS = {  # task -> other epoch counts to run (its grid at its own epochs is in the records)
@@ -97,12 +97,12 @@ def other_lengths(grid: dict[Job, dict]) -> dict[tuple[str, int], dict[float, fl
     while True:
         extra = []
         for (name, epochs), exps in exponents.items():
-            means = _means(runs, name, f"-e{epochs}")
+            means = grid_means(TASK[name], runs, f"-e{epochs}", SEEDS)
             if step := lr_policies.edge_step(means):
                 exps.append(max(means, key=means.get) + step)
                 extra += length_jobs(name, epochs, exps[-1:])
         if not extra:
-            return {key: _means(runs, key[0], f"-e{key[1]}") for key in exponents}
+            return {(name, e): grid_means(TASK[name], runs, f"-e{e}", SEEDS) for name, e in exponents}
         runs |= run_all(extra)
 
 
@@ -216,14 +216,6 @@ def two_lengths(grid: dict[Job, dict], curves: dict) -> list[str]:
         "",
         f"Damping 0 is the 30-step probe alone. The best candidate's growth from 15 to 30 steps (task x seeds): {counts}.",
     ]
-
-
-def _means(runs: dict[Job, dict], task: str, label: str) -> dict[float, float]:
-    by_exponent: dict[float, list[float]] = {}
-    for job, summary in runs.items():
-        if job.task == task and job.label == label:
-            by_exponent.setdefault(round(math.log10(job.max_lr), 3), []).append(accuracy(job, summary))
-    return {e: statistics.mean(v) for e, v in sorted(by_exponent.items())}
 
 
 def main() -> None:

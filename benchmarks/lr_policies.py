@@ -131,13 +131,14 @@ def seeds(task: Task) -> range:
 # --- phase 1: the grid -------------------------------------------------------------------------
 
 
-def grid_means(task: Task, results: dict[Job, dict]) -> dict[float, float]:
-    """Mean test accuracy over seeds at each grid exponent (log10 max_lr)."""
+def grid_means(task: Task, results: dict[Job, dict], label: str = "", seeds: int | None = None) -> dict[float, float]:
+    """Mean score over seeds at each grid exponent (log10 max_lr) that all ``seeds`` (else the task's) have run, of
+    the grid runs labelled ``label`` (none: the task's own length)."""
     by_exponent: dict[float, list[float]] = {}
     for job, summary in results.items():
-        if job.task == task.name and job.kind == "grid":
+        if job.task == task.name and job.kind == "grid" and job.label == label:
             by_exponent.setdefault(round(math.log10(job.max_lr), 3), []).append(accuracy(job, summary))
-    return {e: statistics.mean(v) for e, v in sorted(by_exponent.items()) if len(v) == task.seeds}
+    return {e: statistics.mean(v) for e, v in sorted(by_exponent.items()) if len(v) == (seeds or task.seeds)}
 
 
 def grid_jobs(task: Task, exponents) -> list[Job]:
