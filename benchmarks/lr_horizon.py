@@ -92,17 +92,15 @@ def length_jobs(name: str, epochs: int, exponents) -> list[Job]:
 
 def other_lengths(grid: dict[Job, dict]) -> dict[tuple[str, int], dict[float, float]]:
     """Each task's grid at its other lengths, grown at an edge as lr_policies' grids are, until its best point is inside."""
-    exponents = {(name, e): list(grid_means(TASK[name], grid)) for name, lengths in LENGTHS.items() for e in lengths}
-    runs = run_all([job for (name, e), exps in exponents.items() for job in length_jobs(name, e, exps)])
+    lengths = [(name, e) for name, epochs in LENGTHS.items() for e in epochs]
+    runs = run_all([job for name, e in lengths for job in length_jobs(name, e, grid_means(TASK[name], grid))])
     while True:
         extra = []
-        for (name, epochs), exps in exponents.items():
-            means = grid_means(TASK[name], runs, f"-e{epochs}", SEEDS)
-            if step := lr_policies.edge_step(means):
-                exps.append(max(means, key=means.get) + step)
-                extra += length_jobs(name, epochs, exps[-1:])
+        for name, epochs in lengths:
+            if (point := lr_policies.edge_point(grid_means(TASK[name], runs, f"-e{epochs}", SEEDS))) is not None:
+                extra += length_jobs(name, epochs, [point])
         if not extra:
-            return {(name, e): grid_means(TASK[name], runs, f"-e{e}", SEEDS) for name, e in exponents}
+            return {(name, e): grid_means(TASK[name], runs, f"-e{e}", SEEDS) for name, e in lengths}
         runs |= run_all(extra)
 
 

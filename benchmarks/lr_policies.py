@@ -85,7 +85,7 @@ def execute(job: Job) -> tuple[Job, dict]:
         shutil.rmtree(job.run_dir)  # a run stopped by a signal (its summary says so): run it again from the start
     if not done.exists():
         code = run_in_process("lr_find" if job.kind == "curve" else "train", job.argv())
-        if code != 0 and job.kind != "curve" and not (done.exists() and read_json(done).get("diverged")):
+        if code != 0 and job.kind != "curve" and not (done.exists() and finished(read_json(done))):
             raise RuntimeError(f"{job} exited {code}")
         if not done.exists():
             return job, {"error": f"exit {code}"}
@@ -151,24 +151,21 @@ def cached_grid_jobs(task: Task) -> list[Job]:
     return [Job("grid", task.name, seed, lr) for lr in sorted(found) for seed in seeds(task)]
 
 
-def edge_step(means: dict[float, float]) -> float:
-    """Half a decade past the edge a grid's best point (log10 max_lr) lies on, or 0 if it lies inside (up to 10^1.5)."""
+def edge_point(means: dict[float, float]) -> float | None:
+    """Half a decade past the edge a grid's best point (log10 max_lr) lies on, or None if it lies inside (up to 10^1.5)."""
     best = max(means, key=means.get)
     if best == min(means):
-        return -0.5
-    return 0.5 if best == max(means) and best < 1.5 else 0.0
+        return best - 0.5
+    return best + 0.5 if best == max(means) and best < 1.5 else None
 
 
 def run_grid() -> dict[Job, dict]:
-    exponents = {task.name: list(task.grid) for task in TASKS}
-    results = run_all([job for task in TASKS for job in grid_jobs(task, exponents[task.name])])
+    results = run_all([job for task in TASKS for job in grid_jobs(task, task.grid)])
     while True:  # grow any grid whose best point is at an edge
         extra = []
         for task in TASKS:
-            means = grid_means(task, results)
-            if step := edge_step(means):
-                exponents[task.name].append(max(means, key=means.get) + step)
-                extra += grid_jobs(task, exponents[task.name][-1:])
+            if (point := edge_point(grid_means(task, results))) is not None:
+                extra += grid_jobs(task, [point])
         if not extra:
             return results
         print(f"growing grids by {len(extra)} runs", flush=True)
@@ -439,13 +436,23 @@ def verified(task: Task, runs: dict[Job, dict], jobs: Picks, kind: str) -> tuple
     return statistics.mean(scores), [job.max_lr for job in found]
 
 
+def seed_scores(task: Task, grid: dict[Job, dict]) -> tuple[list[float], np.ndarray]:
+    """grid_means' exponents, and every seed's score at each of them (rows: exponents, columns: seeds)."""
+    exponents = list(grid_means(task, grid))
+    scores = np.full((len(exponents), task.seeds), np.nan)
+    for job, summary in grid.items():
+        exponent = round(math.log10(job.max_lr), 3)
+        if job.task == task.name and job.kind == "grid" and not job.label and exponent in exponents:
+            scores[exponents.index(exponent), job.seed] = accuracy(job, summary)
+    return exponents, scores
+
+
 def grid_spread(task: Task, grid: dict[Job, dict]) -> tuple[float, float]:
     """At the best grid LR: the seeds' standard deviation and the standard error of their mean, in points."""
-    means = grid_means(task, grid)
-    best = max(means, key=means.get)
-    scores = [100 * accuracy(job, s) for job, s in grid.items() if job.task == task.name and round(math.log10(job.max_lr), 3) == best]
-    sd = statistics.stdev(scores)
-    return sd, sd / math.sqrt(len(scores))
+    _, scores = seed_scores(task, grid)
+    best = 100 * scores[int(np.argmax(scores.mean(axis=1)))]
+    sd = statistics.stdev(best.tolist())
+    return sd, sd / math.sqrt(len(best))
 
 
 def oracle_regret(task: Task, grid: dict[Job, dict], draws: int = 4000) -> float:
@@ -453,12 +460,7 @@ def oracle_regret(task: Task, grid: dict[Job, dict], draws: int = 4000) -> float
     mean is the highest of several noisy means (the winner's curse), so no chooser scores 0 on average. Seeds are
     resampled with replacement, jointly across max_lr (a seed keeps its data order and init along the grid), and the
     full grid's best point stands for the truth: a slight underestimate with 5 seeds."""
-    exponents = list(grid_means(task, grid))
-    scores = np.full((len(exponents), task.seeds), np.nan)
-    for job, summary in grid.items():
-        exponent = round(math.log10(job.max_lr), 3)
-        if job.task == task.name and exponent in exponents:
-            scores[exponents.index(exponent), job.seed] = accuracy(job, summary)
+    _, scores = seed_scores(task, grid)
     best = int(np.argmax(scores.mean(axis=1)))
     drawn = scores[:, np.random.default_rng(0).integers(0, task.seeds, size=(draws, task.seeds))].mean(axis=-1)
     return 100 * float(np.mean(drawn.max(axis=0) - drawn[best]))
