@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/fashion_mnist.yaml
 ARGS ?=
 PYTEST_ARGS ?=
+# Two pytest workers, each taking whole files (module-scoped shared runs stay shared; the one
+# SLURM cluster stays in one worker): a test's processes leave about a quarter of 2 cores idle
+# while they start up and wait, which the other worker fills.
+TEST_WORKERS ?= 2
 # 2 CPU processes without CUDA; all GPUs of the machine with it (evaluated after set-up).
 LAUNCH = $(shell $(PY) -c "import torch; n = torch.cuda.device_count(); print('--config_file launch/cpu.yaml' if n == 0 else f'--config_file launch/multi_gpu.yaml --num_processes {n}' if n > 1 else '--config_file launch/single_gpu.yaml')")
 
@@ -43,7 +47,7 @@ test-deps:
 	fi
 
 test: setup test-deps
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests train.py lr_find.py benchmarks examples
