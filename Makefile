@@ -6,8 +6,8 @@ CONFIG ?= configs/fashion_mnist.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 # Two pytest workers, each taking whole files (module-scoped shared runs stay shared; the one
-# SLURM cluster stays in one worker): a test's processes leave about a quarter of 2 cores idle
-# while they start up and wait, which the other worker fills.
+# SLURM cluster stays in one worker). One test at a time kept about 1 of 2 cores busy (its
+# processes start up, wait and tear down in turn): the suite's CPU time is close to its serial wall.
 TEST_WORKERS ?= 2
 # 2 CPU processes without CUDA; all GPUs of the machine with it (evaluated after set-up).
 LAUNCH = $(shell $(PY) -c "import torch; n = torch.cuda.device_count(); print('--config_file launch/cpu.yaml' if n == 0 else f'--config_file launch/multi_gpu.yaml --num_processes {n}' if n > 1 else '--config_file launch/single_gpu.yaml')")
