@@ -104,13 +104,6 @@ def other_lengths(grid: dict[Job, dict]) -> dict[tuple[str, int], dict[float, fl
         runs |= run_all(extra)
 
 
-def regret(means: dict[float, float], chooser: lr_policies.Candidate, task: Task, curves: dict) -> float:
-    """Points below the grid's best at the chooser's picks over all the task's seeds (its range tests and probes do not
-    depend on the run's length), grid-scored as lr_policies' select phase scores."""
-    picks = [chooser(curves[task.name, seed], task) for seed in seeds(task)]
-    return 100 * (max(means.values()) - statistics.mean(lr_policies.interpolated(means, lr) for lr in picks if lr is not None))
-
-
 def horizon_table(grid: dict[Job, dict], curves: dict) -> list[str]:
     rules, _ = lr_policies.candidates()
     choosers = [rules[lr_policies.DEFAULT + lr_policies.DEFAULT_VARIANT], rules[lr_policies.PRODUCT_PROBE]]
@@ -124,7 +117,8 @@ def horizon_table(grid: dict[Job, dict], curves: dict) -> list[str]:
         by_length = {epochs: other[name, epochs] for epochs in lengths} | {own: grid_means(task, grid)}
         for epochs, means in sorted(by_length.items()):
             cells = ", ".join(f"{10**e:.2g}: {100 * v:.1f}" for e, v in means.items())
-            regrets = " | ".join(f"{regret(means, chooser, task, curves):.2f}" for chooser in choosers)
+            # the picks come from the task's own range tests and probes, which do not depend on the run's length
+            regrets = " | ".join(f"{lr_policies.task_regret(chooser, task, curves, means):.2f}" for chooser in choosers)
             steps = optimizer_steps(task) * epochs // own
             label = f"{epochs} (own)" if epochs == own else f"{epochs}"
             lines.append(f"| {name} | {label} | {steps} | {cells} | {10 ** peak(means):.2g} | {regrets} |")

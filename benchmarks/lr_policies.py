@@ -343,13 +343,13 @@ GridMeans = dict[str, dict[float, float]]  # task -> grid_means
 def rule_regrets(candidate: Candidate, curves: Curves, grids: GridMeans) -> Regrets:
     """Over the seeds whose curve the product accepts: a refused curve gives every candidate the same
     failed run (the real-run table counts it), and would otherwise decide every worst case."""
-    regrets = {}
-    for task in TASKS:
-        means = grids[task.name]
-        picks = [candidate(curves[task.name, seed], task) for seed in seeds(task)]
-        scores = [interpolated(means, lr) for lr in picks if lr is not None]
-        regrets[task.name] = 100 * (max(means.values()) - statistics.mean(scores))
-    return regrets
+    return {task.name: task_regret(candidate, task, curves, grids[task.name]) for task in TASKS}
+
+
+def task_regret(candidate: Candidate, task: Task, curves: Curves, means: dict[float, float]) -> float:
+    """Points below the grid's best, at the candidate's picks over the task's seeds, read off ``means``."""
+    picks = [candidate(curves[task.name, seed], task) for seed in seeds(task)]
+    return 100 * (max(means.values()) - statistics.mean(interpolated(means, lr) for lr in picks if lr is not None))
 
 
 def halves(regrets: Regrets, tasks: list[Task] | None = None) -> tuple[float, float, float, float]:
