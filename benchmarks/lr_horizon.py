@@ -172,12 +172,11 @@ SHORT_EXTRA = ("lr_finder.probe=true", f"lr_finder.probe_factors=[{','.join(map(
 
 
 def best_factor(found: dict, task: Task) -> float | None:
-    """The probe's best candidate over the range test's pick (its first candidate is x1 or x0.4), as the product judges."""
+    """The probe's best candidate over the range test's pick, as the product judges."""
     scores = _probe_scores(found, task.chance_loss is not None)
     if not scores:
         return None
-    pick = found["probe_losses"][SHORT_FACTORS.index(1)][0] if len(scores) == len(SHORT_FACTORS) else scores[0][0]
-    return min(scores, key=lambda s: s[1])[0] / pick
+    return min(scores, key=lambda s: s[1])[0] / lr_policies.probe_pick(found)
 
 
 def two_lengths(grid: dict[Job, dict], curves: dict) -> list[str]:

@@ -18,7 +18,7 @@ Runs are cached under benchmarks/results/tmp/lr_policies/ (a rerun continues whe
 report phase also writes what every run gave (results/lr_policies_runs.json: the scores the benchmark
 reads, and every range test's curve and probe), so a new candidate can be scored without the cache:
 
-    .venv/bin/python benchmarks/lr_policies.py score      # seconds: every candidate off the records
+    .venv/bin/python benchmarks/lr_policies.py score      # ~1 min: every candidate off the records
 
 and a new checkout can continue from them, running only what they lack (a new task or seed, a new
 winner's picks, a curve the product refused or recorded without what the benchmark now reads):
@@ -28,6 +28,7 @@ winner's picks, a curve the product refused or recorded without what the benchma
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import multiprocessing
@@ -178,9 +179,9 @@ def run_grid() -> dict[Job, dict]:
 # momentum), followed by the probe over a wide set of factors of the default rule's pick, each
 # candidate trained PROBE_STEPS optimizer steps from the same weights on the same batches. Candidates
 # are independent, so any probe over a subset of these factors is read off this one record.
-PROBE_FACTORS = (1, 1.6, 2.5, 4, 6, 10)
+PROBE_FACTORS = (0.4, 0.63, 1, 1.6, 2.5, 4, 6, 10)
 PROBE_STEPS = 30
-CURVE_LABEL = f"-wide{PROBE_STEPS}"
+CURVE_LABEL = f"-wide{PROBE_STEPS}-from{PROBE_FACTORS[0]:g}"  # the factors below 1 came in round 3
 CURVE_EXTRA = ("lr_finder.probe=true", f"lr_finder.probe_factors=[{','.join(map(str, PROBE_FACTORS))}]",
                f"lr_finder.probe_steps={PROBE_STEPS}")  # fmt: skip
 Curves = dict[tuple[str, int], dict]  # (task, seed) -> lr_finder.json
@@ -268,7 +269,8 @@ def probe_rule(factors: tuple[float, ...], cap: str, margin: float, lean: float 
         scores = _probe_scores(found, by_accuracy and task.chance_loss is not None)
         if not scores:
             return found.get("max_lr")  # no probe (an unusable curve): the product's answer
-        base, base_value = scores[0]
+        base = probe_pick(found)
+        base_value = dict(scores)[base]
         limit = {"none": math.inf, "tail": found.get("tail_lr") or math.inf, "minimum": found["lr_at_minimum"] * 1.0001}[cap]
         kept = [(lr, value) for lr, value in scores if round(lr / base, 3) in factors and (lr < limit or lr == base)]
         finite = [(lr, value) for lr, value in kept if math.isfinite(value) and (lr == base or value < shifted(base_value, -margin))]
@@ -278,6 +280,13 @@ def probe_rule(factors: tuple[float, ...], cap: str, margin: float, lean: float 
         return max(lr for lr, value in finite if value <= shifted(lowest, lean))
 
     return candidate
+
+
+def probe_pick(found: dict) -> float:
+    """The default rule's pick, x1 of the probe (records from before round 3 hold no suggestions: x1 came first)."""
+    recorded = [lr for lr, _ in found["probe_losses"]]
+    pick = found.get("suggestions", {}).get("floor_edge", recorded[0])
+    return min(recorded, key=lambda lr: abs(math.log(lr / pick)))
 
 
 def _probe_scores(found: dict, by_accuracy: bool) -> list[tuple[float, float]]:
@@ -302,12 +311,14 @@ WEAK_CURVE_PROBE = probe_rule(tuple(PRODUCT.probe_factors), "none", 0.0, metric=
 
 
 def probe_variants() -> dict[str, tuple[Candidate, int]]:
-    """Every probe over 2 or 3 of the factors (x1 always among them), cap and margin or lean, judged by the
-    validation loss or by the accuracy, with its candidate count."""
+    """Every probe over 2, 3 or 4 of the factors (x1 always among them), and over those from x1 up, or all of
+    them; cap and margin or lean; judged by the validation loss or by the accuracy; with its candidate count."""
     found = {}
-    others = PROBE_FACTORS[1:]
-    subsets = [(1, a) for a in others] + [(1, a, b) for i, a in enumerate(others) for b in others[i + 1 :]]
-    tolerances = {"val_loss": (0.02, 0.05, 0.1), "auto": (0.005, 0.01, 0.02)}  # shares of a loss, points of an accuracy
+    others = [f for f in PROBE_FACTORS if f != 1]
+    subsets = [tuple(sorted((1, *more))) for size in (1, 2, 3) for more in itertools.combinations(others, size)]
+    subsets += [tuple(f for f in PROBE_FACTORS if f >= 1), PROBE_FACTORS]
+    # shares of a loss, points of an accuracy
+    tolerances = {"val_loss": (0.02, 0.05, 0.1, 0.2, 0.3), "auto": (0.005, 0.01, 0.02, 0.03, 0.05)}
     for factors in subsets:
         for cap in ("none", "tail", "minimum"):
             for metric, amounts in tolerances.items():
@@ -385,11 +396,12 @@ class Selection:
     cycles: dict[str, int]
     table: dict[str, Regrets]  # every candidate's regrets read off the grid
     winners: dict[str, str]  # kind -> candidate name
+    judged_by_grid: Regrets  # the probe's candidates with a perfect judge: the best of them by the grid (not a candidate)
 
 
 def select(curves: Curves, grid: dict[Job, dict]) -> Selection:
     """Every candidate's regrets and the winners, each chosen on the tune half only: the best curve rule,
-    the best pair of curve rules per optimizer family, the best probe of 2 cycles and of 3."""
+    the best pair of curve rules per optimizer family, the best probe of 2 cycles, of 3, and of 4 or more."""
     rules, cycles = candidates()
     grids = {task.name: grid_means(task, grid) for task in TASKS}
     table = {name: rule_regrets(rule, curves, grids) for name, rule in rules.items()}
@@ -405,10 +417,22 @@ def select(curves: Curves, grid: dict[Job, dict]) -> Selection:
         "per optimizer": pair,
         "probe, 2 cycles": by_tune(table, [n for n in table if cycles[n] == 2]),
         "probe, 3 cycles": by_tune(table, [n for n in table if cycles[n] == 3]),
+        "probe, 4 or more cycles": by_tune(table, [n for n in table if cycles[n] >= 4]),
         "product probe": PRODUCT_PROBE,
         "probe by loss": probe_name(tuple(PRODUCT.probe_factors), "none", "val_loss"),  # the same, judged as before this round
     }
-    return Selection(rules, cycles, table, winners)
+    return Selection(rules, cycles, table, winners, rule_regrets(best_by_grid(grids), curves, grids))
+
+
+def best_by_grid(grids: GridMeans) -> Candidate:
+    """The probe's candidate the grid scores best: what the probe would reach if its short cycles judged as whole runs do."""
+
+    def candidate(found: dict, task: Task) -> float | None:
+        if not found.get("probe_losses"):
+            return found.get("max_lr")
+        return max((lr for lr, _ in found["probe_losses"]), key=lambda lr: interpolated(grids[task.name], lr))
+
+    return candidate
 
 
 # --- phase 3: real runs at the winners' picks ------------------------------------------------------
@@ -471,7 +495,7 @@ def oracle_regret(task: Task, grid: dict[Job, dict], draws: int = 4000) -> float
 RECORDS = RESULTS / "lr_policies_runs.json"
 SUMMARY_KEYS = ("test_acc", "test_loss", "wall_seconds", "completed")  # what accuracy() and the report read
 CURVE_KEYS = ("lrs", "raw_losses", "sweeps", "max_lr", "lr_at_minimum", "tail_lr", "weak_curve", "probe_losses", "probe_accuracies",
-              "error", "seconds", "probe_seconds")  # fmt: skip
+              "error", "seconds", "probe_seconds", "suggestions")  # fmt: skip
 
 
 def save_records(grid: dict[Job, dict], curves: Curves, runs: dict[Job, dict]) -> Path:
@@ -502,7 +526,7 @@ def restore_cache() -> None:
     for job, result in [*grid.items(), *runs.items()]:
         restored += _restore(job.run_dir / "summary.json", result)
     for (task, seed), found in curves.items():
-        if not found.get("error") and "probe_accuracies" in found:  # a record from before the probe kept accuracies: run again
+        if not found.get("error") and "probe_accuracies" in found and len(found["probe_losses"]) == len(PROBE_FACTORS):  # else: run again
             restored += _restore(Job("curve", task, seed, label=CURVE_LABEL, extra=CURVE_EXTRA).run_dir / "lr_finder.json", found)
     print(f"restored {restored} results from {RECORDS} into {WORK}", flush=True)
 
@@ -538,6 +562,7 @@ KINDS = {  # each winner's column heading
     "per optimizer": "best rule per optimizer",
     "probe, 2 cycles": "best probe, 2 cycles",
     "probe, 3 cycles": "best probe, 3 cycles",
+    "probe, 4 or more cycles": "best probe, 4+ cycles",
     "product probe": "lr_finder.probe=true",
     "probe by loss": "the same probe judged by loss",
 }
@@ -583,6 +608,7 @@ def write_report(grid, curves: Curves, selection: Selection, runs: dict[Job, dic
         "| candidate | cycles | tune: worst | tune: mean | held-out: worst | held-out: mean |",
         "|---|---|---|---|---|---|",
     ]
+    judged = halves(selection.judged_by_grid)
     shown = list(dict.fromkeys([*winners.values(), *sorted(table, key=lambda n: halves(table[n])[:2])[:25]]))
     for name in shown:
         cells = " | ".join(f"{v:.2f}" for v in halves(table[name]))
@@ -614,6 +640,11 @@ def write_report(grid, curves: Curves, selection: Selection, runs: dict[Job, dic
         "",
         "Cells: regret in points (the picks' geometric mean max_lr). An oracle's regret: what a chooser that always "
         f"picks the best grid max_lr would show from the seeds' noise alone (`oracle_regret`): {floor}.",
+        "",
+        "The probe's own candidates judged perfectly (`best_by_grid`: of the factors "
+        f"{', '.join(map(str, PROBE_FACTORS))}, the one the grid scores best; grid-scored): tune worst {judged[0]:.2f}, mean "
+        f"{judged[1]:.2f}; held-out worst {judged[2]:.2f}, mean {judged[3]:.2f}: the gap to the probes above is what "
+        f"their {PROBE_STEPS}-step cycles misjudge.",
         "",
     ]
     refused = [f"{task} seed {seed} ({found['error'].split(':')[0]})" for (task, seed), found in curves.items() if found.get("error")]

@@ -7,6 +7,8 @@ transfer split of Fashion-MNIST for fine-tuning a backbone pretrained on other c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -61,6 +63,9 @@ def fashion_classes(root: str, classes: list[int], limit: int | None = None, see
     """Fashion-MNIST restricted to ``classes`` (relabelled 0..k-1), 28x28 floats; ``limit`` training images at most."""
     from torchvision.datasets import FashionMNIST
 
+    from superconverge.data import install_fashion_mnist_from_system
+
+    install_fashion_mnist_from_system(Path(root) / "FashionMNIST" / "raw")  # as the built-in does on a fresh machine
     out = {}
     for split in ("train", "test"):
         raw = FashionMNIST(str(root), train=split == "train", download=False)

@@ -173,7 +173,7 @@ def _missing_data(name: str, where: list[Path], how: str) -> DataError:
     return DataError(f"data set '{name}' not found (looked in {places}) and it could not be downloaded. {how}")
 
 
-def _install_fashion_mnist_from_system(raw_dir: Path) -> bool:
+def install_fashion_mnist_from_system(raw_dir: Path) -> bool:
     """Decompress Debian's dataset-fashion-mnist files into torchvision's layout under data.root."""
     sources = sorted(FASHION_MNIST_SYSTEM_DIR.glob("*-ubyte.gz"))
     if len(sources) < 4:
@@ -197,7 +197,7 @@ def _load_mnist_like(cls: type, cfg: DataConfig, train: bool) -> RawImages:
         ds = cls(str(root), train=train, download=False)
     except RuntimeError:
         with one_at_a_time(root):
-            installed = cls is datasets.FashionMNIST and _install_fashion_mnist_from_system(raw_dir)
+            installed = cls is datasets.FashionMNIST and install_fashion_mnist_from_system(raw_dir)
             ds = _construct_or_download(cls, root, train, installed, cfg.name, raw_dir)
     return RawImages(ds.data.unsqueeze(1).contiguous(), ds.targets.long())
 
