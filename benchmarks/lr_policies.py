@@ -283,10 +283,9 @@ def probe_rule(factors: tuple[float, ...], cap: str, margin: float, lean: float 
 
 
 def probe_pick(found: dict) -> float:
-    """The default rule's pick, x1 of the probe (records from before round 3 hold no suggestions: x1 came first)."""
-    recorded = [lr for lr, _ in found["probe_losses"]]
-    pick = found.get("suggestions", {}).get("floor_edge", recorded[0])
-    return min(recorded, key=lambda lr: abs(math.log(lr / pick)))
+    """The pick of the product's policy (x1 of the probe), as recorded among its candidates."""
+    pick = found["suggestions"][PRODUCT.policy]
+    return min((lr for lr, _ in found["probe_losses"]), key=lambda lr: abs(math.log(lr / pick)))
 
 
 def _probe_scores(found: dict, by_accuracy: bool) -> list[tuple[float, float]]:
