@@ -1,7 +1,7 @@
 """How max_lr is best chosen (a rule reading the range test's curve, or a probe that trains), tuned on
 half of a task matrix and judged on the other half.
 
-    .venv/bin/python benchmarks/lr_policies.py            # every phase; ~1 h 40 min on 2 cores (150-170 min of runs)
+    .venv/bin/python benchmarks/lr_policies.py            # every phase; ~1 h 45 min on 2 cores (about 205 min of runs)
     .venv/bin/python benchmarks/lr_policies.py grid       # one phase: grid | curves | verify | report
 
 1. grid: one-cycle runs at fixed max_lr over a half-decade grid for every task x seed
