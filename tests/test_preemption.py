@@ -8,7 +8,7 @@ import psutil
 from conftest import ROOT, history, launch_command, run, summary
 from test_resume import assert_same_run
 
-from superconverge.checkpoint import REQUEUE_EXIT_CODE
+from superconverge.errors import ExitCode
 
 
 def workers(launcher: subprocess.Popen) -> list[psutil.Process]:
@@ -51,6 +51,6 @@ def test_single_process_sigterm_exits_with_the_requeue_code(digits_args, tmp_pat
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     wait_for_epochs(tmp_path / "run", 1, proc)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == REQUEUE_EXIT_CODE
+    assert proc.wait(timeout=60) == ExitCode.REQUEUE
     info = summary(tmp_path / "run")
     assert info["preempted"] and (tmp_path / "run" / "checkpoints" / "last").is_symlink()

@@ -10,8 +10,8 @@ import psutil
 from conftest import ROOT, history, launch_command, run, summary
 from test_preemption import wait_for_epochs, workers
 
-from superconverge.checkpoint import REQUEUE_EXIT_CODE
-from superconverge.signals import INTERRUPT_EXIT_CODE, StopSignals
+from superconverge.errors import ExitCode
+from superconverge.signals import StopSignals
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 
@@ -89,7 +89,7 @@ def test_a_signal_during_the_range_test_stops_before_training_for_a_requeue(digi
             break
     proc.send_signal(signal.SIGUSR1)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == REQUEUE_EXIT_CODE, stderr[-3000:]
+    assert proc.returncode == ExitCode.REQUEUE, stderr[-3000:]
     info = summary(run_dir)
     assert info["preempted"] and not info["completed"] and info["stopped_during"] == "the LR range test"
     assert not (run_dir / "metrics.jsonl").exists()
@@ -138,7 +138,7 @@ def test_ctrl_c_checkpoints_stops_in_one_line_and_the_same_command_continues(dig
     wait_for_epochs(tmp_path / "run", 2, proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == INTERRUPT_EXIT_CODE, stderr[-3000:]
+    assert proc.returncode == ExitCode.INTERRUPTED, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     (line,) = stderr.strip().splitlines()
     assert line.startswith("superconverge: stopped on SIGINT at optimizer step ") and "the same command continues" in line

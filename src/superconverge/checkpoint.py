@@ -23,6 +23,8 @@ from superconverge.errors import UserError
 
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
+CHECKPOINTS_DIR = "checkpoints"  # in the run directory
+LAST, BEST = "last", "best"  # the links to the newest checkpoint and to the one best by the monitored metric
 
 
 class CheckpointError(UserError):
@@ -60,7 +62,7 @@ class CheckpointStore:
         accelerator.wait_for_everyone()
         final = self.root / name
         if accelerator.is_main_process:
-            if final.exists() and final in {self.link(n) for n in ("last", "best")}:  # never delete what a link points to
+            if final.exists() and final in {self.link(n) for n in (LAST, BEST)}:  # never delete what a link points to
                 final = self.root / f"{name}-{os.getpid()}"
             shutil.rmtree(final, ignore_errors=True)
             os.rename(staging, final)
@@ -77,7 +79,7 @@ class CheckpointStore:
         os.replace(temporary, self.root / link)
 
     def _prune(self) -> None:
-        keep = {self.link(n) for n in ("last", "best")}
+        keep = {self.link(n) for n in (LAST, BEST)}
         for entry in self.root.iterdir():
             if entry.is_dir() and not entry.is_symlink() and entry.resolve() not in keep:
                 shutil.rmtree(entry, ignore_errors=True)
@@ -103,16 +105,16 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
     if resume == "none":
         return None
     if resume == "auto":
-        last = run_dir / "checkpoints" / "last"
+        last = run_dir / CHECKPOINTS_DIR / LAST
         if last.is_symlink() and not last.resolve().is_dir():
             raise CheckpointError(
                 f"{last} points to {os.readlink(last)}, which no longer exists: restore it, or set trainer.resume=none "
                 "(starts over and replaces this run's history), or use another output_dir"
             )
-        return CheckpointStore(run_dir / "checkpoints").link("last")
+        return CheckpointStore(run_dir / CHECKPOINTS_DIR).link(LAST)
     path = Path(resume)
-    if (path / "checkpoints" / "last").is_symlink():
-        path = (path / "checkpoints" / "last").resolve()
+    if (path / CHECKPOINTS_DIR / LAST).is_symlink():
+        path = (path / CHECKPOINTS_DIR / LAST).resolve()
     if not path.is_dir():
         raise CheckpointError(f"trainer.resume: checkpoint folder not found: {path}")
     return path
@@ -149,6 +151,3 @@ def check_fits(path: Path, model: torch.nn.Module) -> None:
 
 def load_model_weights(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict(load_file(str(path / MODEL_FILE)))
-
-
-REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "stopped on a signal, checkpoint saved, run me again"

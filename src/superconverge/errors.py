@@ -5,11 +5,36 @@ import os
 import sys
 import time
 from datetime import timedelta
+from enum import IntEnum
 from pathlib import Path
+
+
+class ExitCode(IntEnum):
+    """What a run exits with, so a batch script can tell why it ended without reading summary.json."""
+
+    DONE = 0
+    BAD_INPUT = 2  # a config key, a data folder, a checkpoint: fix the input, rerunning will not help
+    PEER_LOST = 69  # EX_UNAVAILABLE: another node (or rank) of the job is gone
+    ORPHAN = 70  # EX_SOFTWARE: the launcher died; nobody waits for this status, it is for the record
+    REQUEUE = 75  # EX_TEMPFAIL: stopped on a signal, checkpoint saved: run the same command again
+    INTERRUPTED = 130  # the shell's code for Ctrl-C: a person stopped it, nothing requeues it
 
 
 class UserError(Exception):
     """Bad input from the user: a config key, a data folder, a checkpoint. Exit code 2."""
+
+
+def is_main_process() -> bool:
+    """Rank 0 of the job, known from the launcher's environment before (and without) an Accelerator."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def say(message: str, *, every_rank: bool = False) -> None:
+    """One line for the user on stderr, from the main process only unless ``every_rank`` (then marked with the rank)."""
+    if every_rank or is_main_process():
+        rank = os.environ.get("RANK")
+        prefix = "" if rank in (None, "0") else f"[rank {rank}] "
+        print(f"{prefix}superconverge: {message}", file=sys.stderr, flush=True)
 
 
 def report_error(message: str) -> None:

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 import torch
 from accelerate import Accelerator
 
+from superconverge.records import Metric
+
 
 class SplitTotals:
     """Loss sum, correct predictions and sample count, kept on the device (no host sync per batch).
@@ -67,7 +69,7 @@ class EarlyStopping:
 
     @property
     def maximize(self) -> bool:
-        return self.metric.endswith("acc")
+        return Metric(self.metric).maximize
 
     def improved(self, value: float) -> bool:
         if self.best is None:

@@ -3,6 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from enum import Enum
+
+
+class Metric(str, Enum):
+    """The metrics a run can monitor (early stopping, the `best` checkpoint, the LR probe), each with its direction."""
+
+    VAL_ACC = "val_acc"
+    VAL_LOSS = "val_loss"
+
+    @property
+    def maximize(self) -> bool:
+        return self is Metric.VAL_ACC
+
+    def better(self, a: float, b: float) -> bool:
+        """``a`` is strictly better than ``b``."""
+        return a > b if self.maximize else a < b
+
+
+METRIC_NAMES = tuple(metric.value for metric in Metric)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from superconverge import jsonfile
-from superconverge.checkpoint import CheckpointError, CheckpointStore
+from superconverge.checkpoint import CHECKPOINTS_DIR, CheckpointError, CheckpointStore
 from superconverge.config import Config, save_config
 from superconverge.records import EpochRecord
 
@@ -99,7 +99,7 @@ class RunDir:
 
     def __init__(self, path: Path, is_main: bool, lock: RunLock | None = None) -> None:
         self.path, self.is_main, self.lock = Path(path), is_main, lock
-        self.checkpoints = CheckpointStore(self.path / "checkpoints")
+        self.checkpoints = CheckpointStore(self.path / CHECKPOINTS_DIR)
         self.trace = StepTrace(self.path / "lr_trace.tsv", is_main)
 
     @classmethod
@@ -107,7 +107,7 @@ class RunDir:
         """Create the directory and lock it for this run; a refusal reaches every rank."""
         lock, refusal = None, None
         if accelerator.is_main_process:
-            (Path(cfg.output_dir) / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (Path(cfg.output_dir) / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
             try:
                 lock = RunLock(Path(cfg.output_dir))
             except CheckpointError as exc:

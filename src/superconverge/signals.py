@@ -19,20 +19,15 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from datetime import timedelta
 
 from accelerate import Accelerator
 
-from superconverge.checkpoint import REQUEUE_EXIT_CODE
-from superconverge.errors import report_error
+from superconverge.errors import ExitCode, report_error, say
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
-INTERRUPT_EXIT_CODE = 130  # the shell's code for Ctrl-C: a person stopped it, nothing requeues it
-ORPHAN_EXIT_CODE = 70  # EX_SOFTWARE: nobody waits for an orphan's status; it is for the record
-PEER_LOST_EXIT_CODE = 69  # EX_UNAVAILABLE: another node of the job is gone
 
 
 def under_launcher() -> bool:
@@ -74,7 +69,7 @@ class StopSignals:
     @property
     def exit_code(self) -> int:
         """What a run stopped by this request exits with: Ctrl-C's own code, else the requeue code."""
-        return INTERRUPT_EXIT_CODE if self.reason == signal.SIGINT.name else REQUEUE_EXIT_CODE
+        return ExitCode.INTERRUPTED if self.reason == signal.SIGINT.name else ExitCode.REQUEUE
 
     def _on_signal(self, signum: int, frame) -> None:
         self._request(signal.Signals(signum).name)
@@ -97,13 +92,13 @@ class StopSignals:
         else:
             return
         if not self.training:  # nothing to checkpoint yet, and a rank may be stuck in a rendezvous: go now
-            print(f"superconverge: the launcher (pid {parent}) is gone before training: exiting", file=sys.stderr, flush=True)
-            os._exit(ORPHAN_EXIT_CODE)
-        print(f"superconverge: the launcher (pid {parent}) is gone: checkpointing and stopping", file=sys.stderr, flush=True)
+            say(f"the launcher (pid {parent}) is gone before training: exiting", every_rank=True)
+            os._exit(ExitCode.ORPHAN)
+        say(f"the launcher (pid {parent}) is gone: checkpointing and stopping", every_rank=True)
         self._request("launcher gone")
         if not self._closed.wait(self.orphan_grace_seconds):
-            print("superconverge: could not stop cleanly without the launcher: exiting", file=sys.stderr, flush=True)
-            os._exit(ORPHAN_EXIT_CODE)
+            say("could not stop cleanly without the launcher: exiting", every_rank=True)
+            os._exit(ExitCode.ORPHAN)
 
     def agreed(self, accelerator: Accelerator) -> bool:
         """True on every rank once any rank has a stop request (a collective: call it on all ranks alike)."""
@@ -170,4 +165,4 @@ class NodeHeartbeat:
     @staticmethod
     def _lost(what: str) -> None:
         report_error(f"superconverge: error: {what}. Stopping this node too; rerunning the job continues from the last checkpoint")
-        os._exit(PEER_LOST_EXIT_CODE)
+        os._exit(ExitCode.PEER_LOST)

@@ -16,7 +16,7 @@ from accelerate.utils import is_compiled_module, set_seed
 from torch.utils.data import DataLoader
 
 from superconverge.batches import BatchLayout, EpochPlan, RankSampler
-from superconverge.checkpoint import CheckpointError, load_model_weights
+from superconverge.checkpoint import BEST, LAST, CheckpointError, load_model_weights
 from superconverge.config import Config
 from superconverge.console import RunConsole
 from superconverge.data import DataBundle
@@ -214,11 +214,11 @@ class Trainer:
             if acc.sync_gradients:
                 if self._stop_requested():
                     self._bank_train_time(began, totals)
-                    self._save(["last"])
+                    self._save([LAST])
                     return False
                 if trainer.checkpoint_every_steps and state.optimizer_steps % trainer.checkpoint_every_steps == 0:
                     self._bank_train_time(began, totals)
-                    self._save(["last"])
+                    self._save([LAST])
                     began = time.perf_counter()
         self._bank_train_time(began, totals)
         return True
@@ -266,7 +266,7 @@ class Trainer:
                     bad += (~torch.isfinite(tensor)).sum()
         if self.accelerator.reduce(bad, reduction="sum").item() == 0:
             return
-        last = self.store.link("last")
+        last = self.store.link(LAST)
         raise TrainingDiverged(
             f"the training loss became NaN or infinite by optimizer step {self.state.optimizer_steps} "
             f"at max_lr {self.state.max_lr:.4g}; nothing after the last good checkpoint ({last or 'none yet'}) was kept. "
@@ -326,7 +326,7 @@ class Trainer:
         record.seconds = round(time.perf_counter() - self._epoch_began, 3)
         record.train_images_per_second = images / seconds if seconds else None
         state.history.append(asdict(record))
-        self._save(["last", "best"] if record.best else ["last"])
+        self._save([LAST, BEST] if record.best else [LAST])
         self.run_dir.append_history(record)
         self.console.end_epoch(record)
         self.tracking.log({f"epoch/{k}": v for k, v in record.numbers().items()}, step=state.optimizer_steps)
@@ -347,7 +347,7 @@ class Trainer:
 
     def _test(self) -> tuple[float | None, float | None]:
         """Test loss and accuracy of the `best` checkpoint (or `last`)."""
-        best = self.store.link("best") or self.store.link("last")
+        best = self.store.link(BEST) or self.store.link(LAST)
         if self.test_loader is None or best is None:
             return None, None
         load_model_weights(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), best)
