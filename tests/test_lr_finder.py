@@ -117,26 +117,30 @@ def test_random_labels_are_refused_with_the_keys_to_change(digits_args, tmp_path
 
 @pytest.mark.parametrize(("probe_loss", "fallback"), [(1.9, None), (2.25, None), (2.25, 0.003)])
 def test_a_weak_curve_stands_only_if_the_probe_learned(tmp_path, probe_loss, fallback):
-    from accelerate import Accelerator
+    from superconverge.lr_finder import MaxLRChoice, RangeTestCurve, RangeTestError, RuleDecision, check_learning, conclude
+    from superconverge.lr_probe import ProbeResult, ProbeScore
+    from superconverge.records import Metric
 
-    from superconverge.config import load_config
-    from superconverge.lr_finder import RangeTestError, RangeTestResult, _confirm_learning
-
-    cfg = load_config(ROOT / "configs" / "digits.yaml", [f"output_dir={tmp_path}", f"lr_finder.fallback_max_lr={fallback or 'null'}"])
-    result = RangeTestResult(lrs=[1e-4, 1e-3], raw_losses=[2.9, 2.25], smoothed_losses=[2.9, 2.25], policy="floor_edge",
-                             effective_batch_size=64, world_size=1, sweeps=1, accumulation_steps=1, batches_per_rank=[2],
-                             stopped_on_divergence=True, seconds=1.0, iterations_run=2, max_lr=1e-4, weak_curve=True,
-                             probe_losses=[(1e-4, 2.4), (6e-4, probe_loss)])  # fmt: skip
+    curve = RangeTestCurve(lrs=(1e-4, 1e-3), raw_losses=(2.9, 2.25), smoothed_losses=(2.9, 2.25), effective_batch_size=64, world_size=1,
+                           sweeps=1, accumulation_steps=1, batches_per_rank=(2,), stopped_on_divergence=True, seconds=1.0,
+                           iterations_run=2)  # fmt: skip
+    rule = RuleDecision("floor_edge", {"floor_edge": 1e-4}, max_lr=1e-4, weak_curve=True)
+    probe = ProbeResult({1e-4: ProbeScore(2.4, None), 6e-4: ProbeScore(probe_loss, None)}, Metric.VAL_LOSS, 1e-4, 1.0)
+    check = check_learning(probe, math.log(10), fallback)
+    choice = MaxLRChoice.compose(curve, rule, probe, check)
     if probe_loss < 0.95 * math.log(10):
-        _confirm_learning(cfg, Accelerator(cpu=True), result, math.log(10))
-        assert result.error is None and not result.fallback_used  # the probe's pick stands
+        conclude(choice, tmp_path, is_main_process=True)
+        assert choice.error is None and not choice.fallback_used  # the probe's pick stands
+        assert choice.max_lr == 1e-4 and choice.policy == "floor_edge+probe"
     elif fallback is None:
         with pytest.raises(RangeTestError, match=r"chance level 2\.3.*2\.25 at best.*lr_finder\.start_lr"):
-            _confirm_learning(cfg, Accelerator(cpu=True), result, math.log(10))
-        assert json.loads((tmp_path / "lr_finder.json").read_text())["error"] == result.error
+            conclude(choice, tmp_path, is_main_process=True)
+        assert json.loads((tmp_path / "lr_finder.json").read_text())["error"] == choice.error
     else:
-        _confirm_learning(cfg, Accelerator(cpu=True), result, math.log(10))
-        assert result.fallback_used and result.max_lr == fallback and result.chosen == "fallback"
+        conclude(choice, tmp_path, is_main_process=True)
+        assert choice.fallback_used and choice.max_lr == fallback and choice.policy == "fallback"
+    # Every stage left the records it was given as they were.
+    assert probe.max_lr == rule.max_lr == 1e-4 and rule.error is None and not rule.fallback_used
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
@@ -233,8 +237,8 @@ def test_every_sweep_starts_from_the_same_weights(tmp_path):
     )
     result, (model_before, optimizer_before), (model, optimizer) = _range_test(cfg)
     assert result.sweeps >= 2 and 40 < result.iterations <= result.iterations_run <= 60
-    assert result.batches_per_rank == [result.iterations_run]
-    assert result.lrs == sorted(result.lrs) and len(set(result.lrs)) == len(result.lrs)  # interleaved sweeps
+    assert result.batches_per_rank == (result.iterations_run,)
+    assert list(result.lrs) == sorted(result.lrs) and len(set(result.lrs)) == len(result.lrs)  # interleaved sweeps
     firsts = sorted(sweep_grid(cfg.lr_finder, j).lr(0) for j in range(result.sweeps))
     assert result.lrs[: result.sweeps] == pytest.approx(firsts) and firsts[0] == pytest.approx(1e-5)
     for key, value in model.state_dict().items():

@@ -133,3 +133,32 @@ def test_floor_edge_holds_where_noise_moves_the_minimum_of_a_flat_floor():
         assert edges[-1] < curve.lr_at_minimum
     assert max(minima) / min(minima) > 2  # the minimum wanders along the floor ...
     assert max(edges) / min(edges) < 1.5  # ... its near edge stays put
+
+
+def test_every_registered_policy_is_a_config_choice_and_drawn(tmp_path, monkeypatch):
+    """lr_rules.POLICIES is the one list of names: the config takes each (only those), the plot draws each in a colour of its own."""
+    from matplotlib.figure import Figure
+
+    from superconverge.config import ConfigError, load_config
+    from superconverge.lr_finder import MaxLRChoice, RangeTestCurve, apply_rule, plot, policy_colors
+
+    with pytest.raises(ConfigError, match="lr_finder.policy: Input should be 'floor_edge'.*'minimum'"):
+        load_config(None, ["lr_finder.policy=nonsense"])
+    colors = policy_colors()
+    assert list(colors) == list(POLICIES) and len(set(colors.values())) == len(POLICIES)
+    drawn: list[tuple[str, str]] = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path: drawn.extend(
+        (line.get_label(), line.get_color()) for line in fig.axes[0].get_lines()))  # fmt: skip
+    losses = tuple(clean_valley().tolist())
+    curve = RangeTestCurve(lrs=tuple(LRS.tolist()), raw_losses=losses, smoothed_losses=losses, effective_batch_size=64, world_size=1,
+                           sweeps=1, accumulation_steps=1, batches_per_rank=(121,), stopped_on_divergence=True, seconds=1.0,
+                           iterations_run=121)  # fmt: skip
+    for name in POLICIES:
+        cfg = load_config(None, [f"lr_finder.policy={name}"]).lr_finder
+        assert cfg.policy == name
+        rule = apply_rule(curve, cfg, CHANCE)
+        assert rule.max_lr == rule.suggestions[name] and list(rule.suggestions) == list(POLICIES)
+        drawn.clear()
+        plot(MaxLRChoice.compose(curve, rule), tmp_path / "lr_finder.png")
+        assert (f"{name}: {rule.max_lr:.2e} (chosen)", colors[name]) in drawn
+        assert {color for label, color in drawn if label.split(":")[0] in POLICIES} == set(colors.values())

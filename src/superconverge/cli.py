@@ -25,7 +25,7 @@ from superconverge.checkpoint import check_fits, resolve_resume, validate_checkp
 from superconverge.config import MOOT_ON_RESUME, Config, ConfigError, describe_changes, load_config, resume_changes
 from superconverge.console import RunConsole
 from superconverge.errors import UserError, report_error, report_error_on_every_rank
-from superconverge.lr_finder import MaxLRChoice, RangeTestResult, find_max_lr
+from superconverge.lr_finder import MaxLRChoice, find_max_lr
 from superconverge.run_dir import RunDir
 from superconverge.signals import StopSignals
 from superconverge.task import Task, build_task
@@ -185,7 +185,7 @@ def build_trainer(argv: list[str] | None, stop: StopSignals) -> Trainer:
     choice = resumed_choice(resume_state) or find_max_lr(cfg, accelerator, task, model, console)
     stop_if_requested(stop, accelerator, run_dir, "the LR range test")
     if choice.range_test is not None:
-        tracking.log_range_test(choice.range_test, Path(cfg.output_dir) / "lr_finder.png")
+        tracking.log_range_test(choice, Path(cfg.output_dir) / "lr_finder.png")
     resume = (resume_from, resume_state) if resume_from is not None else None
     return Trainer(RunContext(cfg, accelerator, run_dir, console, tracking, stop, layout), task, model, choice, resume)
 
@@ -263,7 +263,7 @@ def lr_find_main(argv: list[str] | None = None) -> int:
         model = prepare_model(cfg, accelerator, task.model)
         choice = find_max_lr(cfg, accelerator, task, model, RunConsole(cfg.console, accelerator.is_main_process))
         if accelerator.is_main_process:
-            print_suggestions(choice.range_test, run_dir.path)
+            print_suggestions(choice, run_dir.path)
         run_dir.close()
         accelerator.end_training()
     except UserError as exc:
@@ -272,28 +272,28 @@ def lr_find_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_suggestions(found: RangeTestResult, run_dir: Path) -> None:
+def print_suggestions(choice: MaxLRChoice, run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    curve, rule, probe = choice.range_test, choice.rule, choice.probe
     table = Table()
     for column in ("policy", "suggested max_lr", "chosen"):
         table.add_column(column)
-    for name, lr in found.suggestions.items():
-        table.add_row(name, f"{lr:.3e}", "yes" if found.chosen == name else "")
-    accuracies = dict(found.probe_accuracies)
-    for lr, loss in found.probe_losses:
-        shown = f"validation loss {loss:.4g}" + (f", accuracy {accuracies[lr]:.4f}" if lr in accuracies else "")
-        table.add_row(f"probe ({shown})", f"{lr:.3e}", "yes" if lr == found.max_lr else "")
-    if found.fallback_used:
-        table.add_row("fallback", f"{found.max_lr:.3e}", "yes")
+    for name, lr in choice.suggestions.items():
+        table.add_row(name, f"{lr:.3e}", "yes" if choice.policy == name else "")
+    for lr, score in probe.scores.items() if probe is not None else ():
+        shown = f"validation loss {score.loss:.4g}" + (f", accuracy {score.accuracy:.4f}" if score.accuracy is not None else "")
+        table.add_row(f"probe ({shown})", f"{lr:.3e}", "yes" if lr == choice.max_lr else "")
+    if choice.fallback_used:
+        table.add_row("fallback", f"{choice.max_lr:.3e}", "yes")
     console = Console(soft_wrap=True)
     console.print(
-        f"LR range test: global batch {found.effective_batch_size} on {found.world_size} process(es), "
-        f"{found.iterations_run} iterations in {found.sweeps} sweep(s), {found.seconds:.1f} s"
+        f"LR range test: global batch {curve.effective_batch_size} on {curve.world_size} process(es), "
+        f"{curve.iterations_run} iterations in {curve.sweeps} sweep(s), {curve.seconds:.1f} s"
     )
     console.print(table)
-    if found.lr_at_minimum:
-        console.print(f"lowest loss at lr {found.lr_at_minimum:.3e}; every policy's suggestion lies below it"
-                      + (f" (the probe's candidates may not; {found.probe_seconds:.1f} s)" if found.probe_losses else ""))  # fmt: skip
+    if rule.lr_at_minimum:
+        console.print(f"lowest loss at lr {rule.lr_at_minimum:.3e}; every policy's suggestion lies below it"
+                      + (f" (the probe's candidates may not; {probe.seconds:.1f} s)" if probe is not None else ""))  # fmt: skip
     console.print(f"curve and suggestions: {run_dir / 'lr_finder.json'} and {run_dir / 'lr_finder.png'}")

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from superconverge import registry
+from superconverge import lr_rules, registry
 from superconverge.errors import UserError
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -124,7 +124,7 @@ class LRFinderConfig(Section):
     diverge_th: Annotated[float, Field(gt=1)] = 5.0  # stop once that EMA exceeds this multiple of its best
     skip_start: Annotated[int, Field(ge=0)] = 10
     skip_end: Annotated[int, Field(ge=0)] = 5
-    policy: Literal["floor_edge", "near_minimum", "steepest", "valley", "minimum"] = "floor_edge"  # chosen in benchmarks/lr_policies.py
+    policy: Literal[tuple(lr_rules.POLICIES)] = "floor_edge"  # lr_rules' registry; chosen in benchmarks/lr_policies.py
     fallback_max_lr: PositiveFloat | None = None
     # After the curve: short one-cycle runs from the same weights at the policy's pick x each factor, the best by probe_metric
     # on (up to probe_val_samples of) the validation split wins (lr_probe.py). The only way to an answer past the curve's minimum.

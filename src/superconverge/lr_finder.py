@@ -2,8 +2,12 @@
 
 Each iteration is one global batch: every rank pushes its own micro-batches through the prepared
 (DDP) model, DDP averages the gradients, and the loss is averaged across ranks, so the curve is
-the same on 1 or N processes and each rank does 1/N of the work. Rank 0 then applies the rule
-(``lr_rules``) and broadcasts the whole result; model and optimizer state are restored exactly.
+the same on 1 or N processes and each rank does 1/N of the work; model and optimizer state are
+restored exactly. Choosing max_lr is a pipeline of stages, each returning its own frozen record:
+the sweeps' curve (``RangeTestCurve``, every rank), the rule's decision (``RuleDecision``: rank 0
+applies ``lr_rules`` and broadcasts it, its error included), the LR probe (``lr_probe.ProbeResult``,
+every rank) and a weak curve's check (``LearningCheck``); ``MaxLRChoice`` composes them, and the
+main process writes ``lr_finder.json`` and ``lr_finder.png`` once, at the end.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import contextlib
 import copy
 import io
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,57 +33,95 @@ from superconverge import jsonfile, lr_probe, lr_rules
 from superconverge.batches import BatchLayout, EpochPlan, RankSampler
 from superconverge.config import Config, LRFinderConfig, OptimizerConfig
 from superconverge.console import RunConsole
+from superconverge.errors import say
+from superconverge.lr_probe import ProbeResult
 from superconverge.lr_rules import RangeTestError
 from superconverge.schedule import build_optimizer, follow_head_lr
 from superconverge.step import TrainStep, unprepared_step
 from superconverge.task import Task
 
 
-@dataclass
-class RangeTestResult:
-    """What the range test found; handed to the trainer, console and tracking as it is."""
+@dataclass(frozen=True)
+class RangeTestCurve:
+    """The sweeps' curve: what the range test measured, before any rule reads it (every rank holds the same one)."""
 
-    lrs: list[float]
-    raw_losses: list[float]  # the global batch's loss at each iteration, all sweeps merged in LR order
-    smoothed_losses: list[float]  # centred smoothing
-    policy: str
+    lrs: tuple[float, ...]
+    raw_losses: tuple[float, ...]  # the global batch's loss at each iteration, all sweeps merged in LR order
+    smoothed_losses: tuple[float, ...]  # centred smoothing
     effective_batch_size: int
     world_size: int
     sweeps: int
     accumulation_steps: int  # micro-batches per iteration on each rank
-    batches_per_rank: list[int]
+    batches_per_rank: tuple[int, ...]
     stopped_on_divergence: bool
     seconds: float
     iterations_run: int  # every global batch trained on, a scout's included (``iterations``: points on the curve)
-    suggestions: dict[str, float] = field(default_factory=dict)
-    lr_at_minimum: float | None = None
-    tail_lr: float | None = None
-    max_lr: float = math.nan
-    fallback_used: bool = False
-    weak_curve: bool = False  # its loss got no lower than chance level (lr_rules.Curve.weak): the probe decides
-    error: str | None = None
-    probe_losses: list[tuple[float, float]] = field(default_factory=list)  # lr_finder.probe: (candidate max_lr, validation loss)
-    probe_accuracies: list[tuple[float, float]] = field(default_factory=list)  # ... and its validation accuracy, for a classifier
-    probe_metric: str | None = None  # what chose among them
-    probe_seconds: float = 0.0
 
     @property
     def iterations(self) -> int:
         return len(self.lrs)
 
+
+@dataclass(frozen=True)
+class RuleDecision:
+    """The policy's reading of the curve (rank 0's, broadcast): its max_lr, or why the curve gives none (and the fallback)."""
+
+    policy: str
+    suggestions: dict[str, float] = field(default_factory=dict)
+    lr_at_minimum: float | None = None
+    tail_lr: float | None = None
+    max_lr: float = math.nan  # the policy's suggestion, or lr_finder.fallback_max_lr
+    fallback_used: bool = False
+    weak_curve: bool = False  # its loss got no lower than chance level (lr_rules.Curve.weak): the probe decides
+    error: str | None = None
+
     @property
-    def chosen(self) -> str:
-        return "fallback" if self.fallback_used else self.policy + ("+probe" if self.probe_losses else "")
+    def failed(self) -> bool:
+        return self.error is not None and not self.fallback_used
 
 
-@dataclass
+@dataclass(frozen=True)
+class LearningCheck:
+    """A weak curve's check: did the probe's training get below chance level? (Else the curve's error, or the fallback.)"""
+
+    best_loss: float  # the probe's lowest validation loss
+    max_lr: float  # the probe's pick, or lr_finder.fallback_max_lr
+    fallback_used: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class MaxLRChoice:
+    """max_lr and what chose it: the stages' records for a range test, none for a fixed or a resumed max_lr."""
+
     max_lr: float
-    policy: str  # "fixed" for a number in the config, else the policy (or "fallback")
+    policy: str  # "fixed" for a number in the config, else the policy (+probe where the probe chose), or "fallback"
     seconds: float = 0.0
     reused: bool = False
-    range_test: RangeTestResult | None = None
+    range_test: RangeTestCurve | None = None
     suggestions: dict[str, float] = field(default_factory=dict)
+    rule: RuleDecision | None = None
+    probe: ProbeResult | None = None
+    check: LearningCheck | None = None
+
+    @classmethod
+    def compose(cls, curve: RangeTestCurve, rule: RuleDecision, probe: ProbeResult | None = None,
+                check: LearningCheck | None = None) -> MaxLRChoice:  # fmt: skip
+        """The last stage that ran has the last word on max_lr."""
+        last = next(stage for stage in (check, probe, rule) if stage is not None)
+        fallback = rule.fallback_used or (check is not None and check.fallback_used)
+        policy = "fallback" if fallback else rule.policy + ("+probe" if probe is not None else "")
+        seconds = curve.seconds + (probe.seconds if probe is not None else 0.0)
+        return cls(last.max_lr, policy, seconds, range_test=curve, suggestions=rule.suggestions, rule=rule, probe=probe, check=check)
+
+    @property
+    def error(self) -> str | None:
+        """Why the range test gave no max_lr: the weak curve's check's, else the rule's."""
+        return next((stage.error for stage in (self.check, self.rule) if stage is not None and stage.error is not None), None)
+
+    @property
+    def fallback_used(self) -> bool:
+        return any(stage is not None and stage.fallback_used for stage in (self.rule, self.check))
 
 
 class _GlobalBatches(TrainDataLoaderIter):
@@ -171,7 +212,7 @@ def sweep_grid(cfg: LRFinderConfig, sweep: int) -> SweepGrid:
     return SweepGrid(cfg.start_lr, cfg.end_lr, cfg.sweep_iter, offset, cfg.step_mode)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sweep:
     points: list[tuple[float, float]]  # (lr, global-batch loss) that make the curve
     iterations: int  # run, the scout's included
@@ -232,7 +273,7 @@ class _Sweeper:
 
 
 def run_range_test(cfg: Config, task: Task, step: TrainStep, accelerator: Accelerator,
-                   progress: Callable[[int], None] | None = None) -> RangeTestResult:  # fmt: skip
+                   progress: Callable[[int], None] | None = None) -> RangeTestCurve:  # fmt: skip
     """torch-lr-finder over global batches on every rank; model and optimizer are restored after.
 
     ``num_iter`` iterations in all, spent on sweeps over a grid of ``sweep_iter`` steps, each from
@@ -257,11 +298,11 @@ def run_range_test(cfg: Config, task: Task, step: TrainStep, accelerator: Accele
         points += _finite_prefix(found.points)
     seconds = time.perf_counter() - started
     points.sort()
-    lrs, raw = [lr for lr, _ in points], [loss for _, loss in points]
-    return RangeTestResult(
-        lrs=lrs, raw_losses=raw, smoothed_losses=lr_rules.smooth(np.asarray(lrs), np.asarray(raw)).tolist() if raw else [],
-        policy=finder_cfg.policy, effective_batch_size=plan.layout.global_batch, world_size=world, sweeps=sweeps,
-        accumulation_steps=cfg.trainer.grad_accum_steps, batches_per_rank=gather_object([batches.batches_seen]),
+    lrs, raw = tuple(lr for lr, _ in points), tuple(loss for _, loss in points)
+    return RangeTestCurve(
+        lrs=lrs, raw_losses=raw, smoothed_losses=tuple(lr_rules.smooth(np.asarray(lrs), np.asarray(raw)).tolist()) if raw else (),
+        effective_batch_size=plan.layout.global_batch, world_size=world, sweeps=sweeps,
+        accumulation_steps=cfg.trainer.grad_accum_steps, batches_per_rank=tuple(gather_object([batches.batches_seen])),
         stopped_on_divergence=stopped, seconds=seconds, iterations_run=spent,
     )  # fmt: skip
 
@@ -274,65 +315,6 @@ def _finite_prefix(points: list[tuple[float, float]]) -> list[tuple[float, float
             break
         kept.append((lr, loss))
     return kept
-
-
-def choose(result: RangeTestResult, cfg: Config, chance_loss: float | None) -> RangeTestResult:
-    """Apply the configured policy, or the configured fallback if the curve is unusable.
-
-    ``chance_loss``: the loss of a model that knows nothing (ln of the class count under cross-entropy), else None.
-    """
-    finder_cfg = cfg.lr_finder
-    try:
-        skip_start, skip_end = finder_cfg.skip_start * result.sweeps, finder_cfg.skip_end * result.sweeps  # skips are per sweep
-        curve = lr_rules.analyze(result.lrs, result.raw_losses, skip_start, skip_end, chance_loss)
-        result.suggestions = lr_rules.suggestions(curve)
-        result.lr_at_minimum, result.tail_lr, result.weak_curve = curve.lr_at_minimum, curve.tail_lr, curve.weak
-        result.max_lr = result.suggestions[finder_cfg.policy]
-    except RangeTestError as exc:
-        if finder_cfg.fallback_max_lr is None:
-            raise
-        result.error, result.fallback_used, result.max_lr = str(exc), True, finder_cfg.fallback_max_lr
-    return result
-
-
-def write_artifacts(result: RangeTestResult, run_dir: Path) -> None:
-    """lr_finder.json and lr_finder.png: for people; the run itself passes the result object on."""
-    (run_dir / "lr_finder.json").write_text(jsonfile.dumps({**asdict(result), "iterations": result.iterations}, indent=1))
-    plot(result, run_dir / "lr_finder.png")
-
-
-def plot(result: RangeTestResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    ax.plot(result.lrs, result.raw_losses, color="0.75", linewidth=0.8, label="loss (global batch)")
-    ax.plot(result.lrs, result.smoothed_losses, color="tab:blue", label="smoothed loss (centred)")
-    colors = {"floor_edge": "tab:red", "near_minimum": "tab:brown", "steepest": "tab:orange", "valley": "tab:green",
-              "minimum": "tab:purple"}  # fmt: skip
-    for name, lr in result.suggestions.items():
-        chosen = name == result.policy and not result.fallback_used
-        ax.axvline(lr, color=colors.get(name, "black"), linewidth=3 if chosen else 1.2, linestyle="-" if chosen else "--",
-                   label=f"{name}: {lr:.2e}" + (" (chosen)" if chosen else ""))  # fmt: skip
-    if result.lr_at_minimum:
-        ax.axvline(result.lr_at_minimum, color="0.4", linestyle=":", label=f"minimum of the curve: {result.lr_at_minimum:.2e}")
-    if result.fallback_used:
-        ax.axvline(result.max_lr, color="black", linewidth=3, label=f"fallback: {result.max_lr:.2e} (chosen)")
-    finite = [v for v in result.smoothed_losses if math.isfinite(v)]
-    if finite:
-        ax.set_ylim(min(finite) * 0.9, min(max(finite), finite[0] * 2.5) * 1.05)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss")
-    ax.set_title(
-        f"LR range test, global batch {result.effective_batch_size} on {result.world_size} process(es), {result.iterations} iterations"
-    )
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def range_test_optimizer(cfg: Config) -> OptimizerConfig:
@@ -348,85 +330,161 @@ def range_test_optimizer(cfg: Config) -> OptimizerConfig:
 
 
 def find_max_lr(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, console: RunConsole) -> MaxLRChoice:
-    """Run the range test on every rank; rank 0 picks max_lr and every rank gets its result (or error)."""
+    """The pipeline: the curve (every rank), rank 0's rule (broadcast), the LR probe and a weak curve's check (every rank)."""
     if cfg.schedule.max_lr != "auto":
         return MaxLRChoice(float(cfg.schedule.max_lr), "fixed")
+    curve = measure_curve(cfg, accelerator, task, model, console)
+    chance_loss = math.log(task.data.num_classes) if task.classifies else None
+    rule = _rule_of_rank_zero(curve, cfg.lr_finder, chance_loss, accelerator, console)
+    probe = check = None
+    if rule.error is None and (cfg.lr_finder.probe or rule.weak_curve):
+        probe = lr_probe.run_probe(cfg, accelerator, task, model, rule.max_lr, console)
+        _say_probe(probe, task.classifies, console)
+        if rule.weak_curve:  # every rank holds the same probe losses (reduced across ranks): every rank decides the same
+            check = check_learning(probe, chance_loss, cfg.lr_finder.fallback_max_lr)
+    return conclude(MaxLRChoice.compose(curve, rule, probe, check), Path(cfg.output_dir), accelerator.is_main_process)
+
+
+def measure_curve(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, console: RunConsole) -> RangeTestCurve:
+    """The range test with an optimizer of its own; the scaler comes back as it was."""
     optimizer = build_optimizer(range_test_optimizer(cfg), model, cfg.lr_finder.start_lr, task.head)  # the trainer builds its own
     step = unprepared_step(cfg, accelerator, task, model, optimizer)
     scaler_state = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
     console.start_phase("LR test", cfg.lr_finder.num_iter * cfg.trainer.grad_accum_steps)  # at most: sweeps stop on divergence
-    result = run_range_test(cfg, task, step, accelerator, console.advance)
+    curve = run_range_test(cfg, task, step, accelerator, console.advance)
     if scaler_state is not None:
         accelerator.scaler.load_state_dict(scaler_state)  # training starts from the scale it would have had without the test
-    chance_loss = math.log(task.data.num_classes) if task.classifies else None
-    payload: RangeTestResult | str | None = None
-    if accelerator.is_main_process:
-        payload = _decide(result, cfg, chance_loss, console)
-    payload = broadcast_object_list([payload], from_process=0)[0]
-    if isinstance(payload, str):
-        raise RangeTestError(payload)
-    if (cfg.lr_finder.probe or payload.weak_curve) and not payload.fallback_used:
-        _probe(cfg, accelerator, task, model, payload, console)
-    if payload.weak_curve:
-        _confirm_learning(cfg, accelerator, payload, chance_loss)
-    return MaxLRChoice(payload.max_lr, payload.chosen, payload.seconds + payload.probe_seconds, range_test=payload,
-                       suggestions=payload.suggestions)  # fmt: skip
+    return curve
 
 
-def _probe(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, result: RangeTestResult, console: RunConsole) -> None:
-    """Train short cycles around the policy's pick (every rank) and keep the best; the artifacts show them."""
-    started = time.perf_counter()
-    scores = lr_probe.probe(cfg, accelerator, task, model, result.max_lr, console)
-    result.max_lr, result.probe_seconds = lr_probe.best(scores, task.probe_metric), time.perf_counter() - started
-    result.probe_losses = [(lr, score.loss) for lr, score in scores.items()]
-    result.probe_accuracies = [(lr, score.accuracy) for lr, score in scores.items() if score.accuracy is not None]
-    result.probe_metric = task.probe_metric
-    found = " ".join(f"{lr:.3g}:{score.loss:.4g}" + (f"/{score.accuracy:.4f}" if task.classifies else "") for lr, score in scores.items())
-    console.line(f"LR probe (validation loss{'/accuracy' if task.classifies else ''}) {found} chosen by {task.probe_metric} "
-                 f"max_lr={result.max_lr:.4g} seconds={result.probe_seconds:.1f}")  # fmt: skip
-    if accelerator.is_main_process:
-        write_artifacts(result, Path(cfg.output_dir))
+def apply_rule(curve: RangeTestCurve, cfg: LRFinderConfig, chance_loss: float | None) -> RuleDecision:
+    """The configured policy's max_lr, or the curve's error with the configured fallback (none: the decision failed).
 
-
-def _confirm_learning(cfg: Config, accelerator: Accelerator, result: RangeTestResult, chance_loss: float) -> None:
-    """A weak curve stands if the probe's training got below chance level; else the curve's error (or the fallback).
-
-    Every rank holds the same probe losses (reduced across ranks), so every rank decides the same.
+    ``chance_loss``: the loss of a model that knows nothing (ln of the class count under cross-entropy), else None.
     """
-    best = min(loss for _, loss in result.probe_losses)
+    skip_start, skip_end = cfg.skip_start * curve.sweeps, cfg.skip_end * curve.sweeps  # skips are per sweep
+    try:
+        found = lr_rules.analyze(curve.lrs, curve.raw_losses, skip_start, skip_end, chance_loss)
+    except RangeTestError as exc:
+        fallback = cfg.fallback_max_lr
+        return RuleDecision(cfg.policy, max_lr=math.nan if fallback is None else fallback, fallback_used=fallback is not None,
+                            error=str(exc))  # fmt: skip
+    suggestions = lr_rules.suggestions(found)
+    return RuleDecision(cfg.policy, suggestions, found.lr_at_minimum, found.tail_lr, suggestions[cfg.policy], weak_curve=found.weak)
+
+
+def _rule_of_rank_zero(curve: RangeTestCurve, cfg: LRFinderConfig, chance_loss: float | None, accelerator: Accelerator,
+                       console: RunConsole) -> RuleDecision:  # fmt: skip
+    """Rank 0 applies the rule; its decision, a failed one included, is the one broadcast."""
+    rule = None
+    if accelerator.is_main_process:
+        rule = apply_rule(curve, cfg, chance_loss)
+        if not rule.failed:
+            _say_rule(curve, rule, chance_loss, console)
+    return broadcast_object_list([rule], from_process=0)[0]
+
+
+def _say_rule(curve: RangeTestCurve, rule: RuleDecision, chance_loss: float | None, console: RunConsole) -> None:
+    found = " ".join(f"{name}={lr:.3g}" for name, lr in rule.suggestions.items())
+    chosen = "fallback" if rule.fallback_used else rule.policy
+    console.line(f"LR range test {found} chosen={chosen} max_lr={rule.max_lr:.4g} seconds={curve.seconds:.1f}")
+    if rule.weak_curve:
+        console.line(f"The range test's loss got no lower than chance level ({chance_loss:.3g}): the LR probe checks that training learns")
+
+
+def _say_probe(probe: ProbeResult, classifies: bool, console: RunConsole) -> None:
+    found = " ".join(f"{lr:.3g}:{score.loss:.4g}" + (f"/{score.accuracy:.4f}" if classifies else "") for lr, score in probe.scores.items())
+    console.line(f"LR probe (validation loss{'/accuracy' if classifies else ''}) {found} chosen by {probe.metric.value} "
+                 f"max_lr={probe.max_lr:.4g} seconds={probe.seconds:.1f}")  # fmt: skip
+
+
+def check_learning(probe: ProbeResult, chance_loss: float, fallback_max_lr: float | None) -> LearningCheck:
+    """A weak curve stands if the probe's training got below chance level; else the curve's error (and the fallback, if any)."""
+    best = min(loss for _, loss in probe.losses)
     if lr_rules.below_chance(best, chance_loss):
-        return
-    tried = ", ".join(f"{lr:.3g}" for lr, _ in result.probe_losses)
-    result.error = lr_rules.not_learning(
+        return LearningCheck(best, probe.max_lr)
+    tried = ", ".join(f"{lr:.3g}" for lr, _ in probe.losses)
+    error = lr_rules.not_learning(
         f"no lower than chance level {chance_loss:.3g}, nor did the validation loss of short one-cycle runs at max_lr {tried}: "
         f"{best:.3g} at best"
     )
-    if cfg.lr_finder.fallback_max_lr is not None:
-        result.fallback_used, result.max_lr = True, cfg.lr_finder.fallback_max_lr
-    if accelerator.is_main_process:
-        write_artifacts(result, Path(cfg.output_dir))
-    if not result.fallback_used:
-        raise RangeTestError(result.error)
-    if accelerator.is_main_process:
-        _warn_fallback(result)
+    if fallback_max_lr is None:
+        return LearningCheck(best, probe.max_lr, error=error)
+    return LearningCheck(best, fallback_max_lr, fallback_used=True, error=error)
 
 
-def _warn_fallback(result: RangeTestResult) -> None:
-    print(f"WARNING: {result.error}. Using lr_finder.fallback_max_lr={result.max_lr:g} instead.", file=sys.stderr, flush=True)
+def conclude(choice: MaxLRChoice, run_dir: Path, is_main_process: bool) -> MaxLRChoice:
+    """The artifacts, once (main process), then on every rank the error, or the fallback's warning (main process)."""
+    if is_main_process:
+        write_artifacts(choice, run_dir)  # a failed curve too: it shows what went wrong
+    if choice.error is not None and not choice.fallback_used:
+        raise RangeTestError(choice.error)
+    if choice.fallback_used:
+        say(f"WARNING: {choice.error}. Using lr_finder.fallback_max_lr={choice.max_lr:g} instead.")
+    return choice
 
 
-def _decide(result: RangeTestResult, cfg: Config, chance_loss: float | None, console: RunConsole) -> RangeTestResult | str:
-    try:
-        result = choose(result, cfg, chance_loss)
-    except RangeTestError as exc:
-        result.error = str(exc)
-        write_artifacts(result, Path(cfg.output_dir))  # the curve shows what went wrong
-        return result.error
-    found = " ".join(f"{name}={lr:.3g}" for name, lr in result.suggestions.items())
-    console.line(f"LR range test {found} chosen={result.chosen} max_lr={result.max_lr:.4g} seconds={result.seconds:.1f}")
-    write_artifacts(result, Path(cfg.output_dir))
-    if result.weak_curve:
-        console.line(f"The range test's loss got no lower than chance level ({chance_loss:.3g}): the LR probe checks that training learns")
-    if result.fallback_used:
-        _warn_fallback(result)
-    return result
+def artifact_record(choice: MaxLRChoice) -> dict:
+    """lr_finder.json's content: the curve, the rule's decision, the probe's candidates, and the final pick."""
+    probe = choice.probe
+    return {
+        **asdict(choice.range_test),
+        **asdict(choice.rule),
+        "max_lr": choice.max_lr,
+        "fallback_used": choice.fallback_used,
+        "error": choice.error,
+        "probe_losses": probe.losses if probe is not None else [],  # (candidate max_lr, validation loss)
+        "probe_accuracies": probe.accuracies if probe is not None else [],  # ... and its validation accuracy, for a classifier
+        "probe_metric": probe.metric.value if probe is not None else None,  # what chose among them
+        "probe_seconds": probe.seconds if probe is not None else 0.0,
+        "iterations": choice.range_test.iterations,
+        "chosen": choice.policy,
+    }
+
+
+def write_artifacts(choice: MaxLRChoice, run_dir: Path) -> None:
+    """lr_finder.json and lr_finder.png: for people; the run itself passes the records on."""
+    (run_dir / "lr_finder.json").write_text(jsonfile.dumps(artifact_record(choice), indent=1))
+    plot(choice, run_dir / "lr_finder.png")
+
+
+# In the registry's order; a policy added past the palette's end cycles through it.
+PALETTE = ("tab:red", "tab:brown", "tab:orange", "tab:green", "tab:purple", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def policy_colors() -> dict[str, str]:
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(lr_rules.POLICIES)}
+
+
+def plot(choice: MaxLRChoice, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve, rule = choice.range_test, choice.rule
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.plot(curve.lrs, curve.raw_losses, color="0.75", linewidth=0.8, label="loss (global batch)")
+    ax.plot(curve.lrs, curve.smoothed_losses, color="tab:blue", label="smoothed loss (centred)")
+    colors = policy_colors()
+    for name, lr in rule.suggestions.items():
+        chosen = name == rule.policy and not choice.fallback_used
+        ax.axvline(lr, color=colors.get(name, "black"), linewidth=3 if chosen else 1.2, linestyle="-" if chosen else "--",
+                   label=f"{name}: {lr:.2e}" + (" (chosen)" if chosen else ""))  # fmt: skip
+    if rule.lr_at_minimum:
+        ax.axvline(rule.lr_at_minimum, color="0.4", linestyle=":", label=f"minimum of the curve: {rule.lr_at_minimum:.2e}")
+    if choice.fallback_used:
+        ax.axvline(choice.max_lr, color="black", linewidth=3, label=f"fallback: {choice.max_lr:.2e} (chosen)")
+    finite = [v for v in curve.smoothed_losses if math.isfinite(v)]
+    if finite:
+        ax.set_ylim(min(finite) * 0.9, min(max(finite), finite[0] * 2.5) * 1.05)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(
+        f"LR range test, global batch {curve.effective_batch_size} on {curve.world_size} process(es), {curve.iterations} iterations"
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ from superconverge.batches import BatchLayout, EpochPlan, RankSampler
 from superconverge.config import Config
 from superconverge.console import RunConsole
 from superconverge.metrics import SplitTotals
+from superconverge.records import Metric
 from superconverge.schedule import build_one_cycle, build_optimizer
 from superconverge.step import TrainStep, unprepared_step
 from superconverge.task import Task
@@ -39,7 +41,34 @@ class ProbeScore:
     accuracy: float | None  # None where the task has no accuracy
 
 
-def probe(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, pick: float, console: RunConsole) -> dict[float, ProbeScore]:
+@dataclass(frozen=True)
+class ProbeResult:
+    """The LR probe's candidates (in factor order) with their scores, and the one its metric chose."""
+
+    scores: dict[float, ProbeScore]
+    metric: Metric
+    max_lr: float
+    seconds: float
+
+    @property
+    def losses(self) -> list[tuple[float, float]]:
+        return [(lr, score.loss) for lr, score in self.scores.items()]
+
+    @property
+    def accuracies(self) -> list[tuple[float, float]]:
+        return [(lr, score.accuracy) for lr, score in self.scores.items() if score.accuracy is not None]
+
+
+def run_probe(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, pick: float, console: RunConsole) -> ProbeResult:
+    """Each candidate max_lr (``pick`` x each factor) after its short cycle, and the best by the task's probe metric."""
+    started = time.perf_counter()
+    scores = _score_candidates(cfg, accelerator, task, model, pick, console)
+    metric = Metric(task.probe_metric)
+    return ProbeResult(scores, metric, best(scores, metric), time.perf_counter() - started)
+
+
+def _score_candidates(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, pick: float,
+                      console: RunConsole) -> dict[float, ProbeScore]:  # fmt: skip
     """Each candidate max_lr (``pick`` x each factor) and its validation metrics after its short cycle."""
     weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
     scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
@@ -54,14 +83,15 @@ def probe(cfg: Config, accelerator: Accelerator, task: Task, model: nn.Module, p
     return scores
 
 
-def best(scores: dict[float, ProbeScore], metric: str) -> float:
-    """The candidate with the lowest loss, or (``val_acc``) the highest accuracy, the loss breaking ties; never one that blew up."""
+def best(scores: dict[float, ProbeScore], metric: Metric | str) -> float:
+    """The candidate best by ``metric`` (the highest accuracy or the lowest loss), the loss breaking ties; never one that blew up."""
+    maximize = Metric(metric).maximize
 
     def rank(lr: float) -> tuple[float, float]:
         score = scores[lr]
         if not math.isfinite(score.loss):
             return math.inf, math.inf
-        return (-score.accuracy if metric == "val_acc" else score.loss), score.loss
+        return (-score.accuracy if maximize else score.loss), score.loss
 
     return min(scores, key=rank)
 

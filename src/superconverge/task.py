@@ -56,7 +56,7 @@ def build_task(cfg: Config) -> Task:
     task = Task(data, built.module, built.head, loss, classifies, monitor, probe_metric)
     if cfg.optimizer.backbone_lr_ratio is not None and task.head is None:
         raise TaskError(f"optimizer.backbone_lr_ratio: model '{cfg.model.name}' has no known head; name its head submodule in model.head")
-    probe(task, cfg)
+    check_task(task, cfg)
     return task
 
 
@@ -88,7 +88,7 @@ def _metric(key: str, metric: str, classifies: bool, auto: str) -> str:
     return metric
 
 
-def probe(task: Task, cfg: Config) -> None:
+def check_task(task: Task, cfg: Config) -> None:
     """The model and the loss on two training samples (eval mode, no gradients: nothing changes)."""
     data = task.data
     try:

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from superconverge.config import Config
 
 if TYPE_CHECKING:
-    from superconverge.lr_finder import RangeTestResult
+    from superconverge.lr_finder import MaxLRChoice
 
 RUN_ID_FILE = "wandb_run_id.txt"
 LAST_STEP_FILE = "wandb_last_step.txt"  # the highest W&B step this run directory has logged, across resumes
@@ -64,22 +64,23 @@ class Tracking:
     def describe(self) -> str:
         return "disabled" if self.run_id is None else f"{self.mode} run {self.run_id}"
 
-    def log_range_test(self, result: RangeTestResult, plot_path: Path) -> None:
+    def log_range_test(self, choice: MaxLRChoice, plot_path: Path) -> None:
         """The LR test curve as a W&B plot and its PNG as an image (main process)."""
         run = self.wandb_run()
         if run is None or not self.accelerator.is_main_process:
             return
         import wandb
 
-        rows = [[lr, raw, smooth] for lr, raw, smooth in zip(result.lrs, result.raw_losses, result.smoothed_losses, strict=True)]
+        curve = choice.range_test
+        rows = [[lr, raw, smooth] for lr, raw, smooth in zip(curve.lrs, curve.raw_losses, curve.smoothed_losses, strict=True)]
         table = wandb.Table(columns=["lr", "loss", "smoothed_loss"], data=rows)
         images = {"lr_finder/plot": wandb.Image(str(plot_path))} if plot_path.is_file() else {}
         run.log({
             "lr_finder/curve": wandb.plot.line(table, "lr", "smoothed_loss", title="LR range test"),
             **images,
-            **{f"lr_finder/{name}": value for name, value in result.suggestions.items()},
-            "lr_finder/max_lr": result.max_lr,
-            "lr_finder/seconds": result.seconds,
+            **{f"lr_finder/{name}": value for name, value in choice.suggestions.items()},
+            "lr_finder/max_lr": choice.max_lr,
+            "lr_finder/seconds": curve.seconds,
         }, step=0)  # fmt: skip
 
     def summarize(self, values: dict) -> None:
@@ -126,7 +127,7 @@ def start_tracking(cfg: Config, accelerator: Accelerator) -> Tracking:
         warn(f"no W&B API key found: logging offline to {run_dir / 'wandb'} (upload later with `wandb sync {run_dir / 'wandb'}`)")
     try:
         if mode == "online" and accelerator.is_main_process:
-            _probe_server(cfg.tracking.wandb.init_timeout_seconds)
+            _check_server_reachable(cfg.tracking.wandb.init_timeout_seconds)
         _init_wandb(cfg, accelerator, run_id, mode)
     except Exception as exc:  # noqa: BLE001 - a network or W&B failure never stops training
         mode = _fall_back(cfg, accelerator, run_id, mode, exc)  # main process only: no collective in here
@@ -154,7 +155,7 @@ def _fall_back(cfg: Config, accelerator: Accelerator, run_id: str, mode: str, ex
     return "disabled"
 
 
-def _probe_server(timeout: float) -> None:
+def _check_server_reachable(timeout: float) -> None:
     """One TCP connection to the W&B server: refused, unresolvable or silent is known in at most a few seconds,
     where wandb.init would wait its whole init_timeout (wandb has no such check of its own)."""
     url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))

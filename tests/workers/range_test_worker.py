@@ -43,8 +43,8 @@ def main() -> None:
         "iterations": choice.range_test.iterations,
         "iterations_run": choice.range_test.iterations_run,
         "raw_losses": choice.range_test.raw_losses,
-        "suggestions": choice.range_test.suggestions,
-        "probe_losses": choice.range_test.probe_losses,
+        "suggestions": choice.rule.suggestions,
+        "probe_losses": choice.probe.losses,
         "policy": choice.policy,
     }
     report_dir.mkdir(parents=True, exist_ok=True)
