@@ -43,7 +43,7 @@ from superconverge.task import Task
 
 @dataclass(frozen=True)
 class RangeTestCurve:
-    """The sweeps' curve: what the range test measured, before any rule reads it (every rank holds the same one)."""
+    """The sweeps' curve: what the range test measured, before any rule reads it (the same on every rank but its seconds)."""
 
     lrs: tuple[float, ...]
     raw_losses: tuple[float, ...]  # the global batch's loss at each iteration, all sweeps merged in LR order
