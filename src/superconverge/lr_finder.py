@@ -123,6 +123,10 @@ class MaxLRChoice:
     def fallback_used(self) -> bool:
         return any(stage is not None and stage.fallback_used for stage in (self.rule, self.check))
 
+    @property
+    def failed(self) -> bool:
+        return self.error is not None and not self.fallback_used
+
 
 class _GlobalBatches(TrainDataLoaderIter):
     """This rank's micro-batches on the training device, each with its place in its global batch.
@@ -417,7 +421,7 @@ def conclude(choice: MaxLRChoice, run_dir: Path, is_main_process: bool) -> MaxLR
     """The artifacts, once (main process), then on every rank the error, or the fallback's warning (main process)."""
     if is_main_process:
         write_artifacts(choice, run_dir)  # a failed curve too: it shows what went wrong
-    if choice.error is not None and not choice.fallback_used:
+    if choice.failed:
         raise RangeTestError(choice.error)
     if choice.fallback_used:
         say(f"WARNING: {choice.error}. Using lr_finder.fallback_max_lr={choice.max_lr:g} instead.")
