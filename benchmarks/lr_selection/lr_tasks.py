@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from common import ROOT, SCRATCH
-from user_tasks import friedman_test_variance
+from benchmarks.common import ROOT, SCRATCH
+from benchmarks.lr_selection.user_tasks import friedman_test_variance
 
 FASHION = ("configs/fashion_mnist.yaml", f"data.root={ROOT / 'data'}")
 DIGITS = ("configs/digits.yaml",)
