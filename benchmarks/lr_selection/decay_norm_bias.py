@@ -41,7 +41,7 @@ def main() -> None:
         "",
         machine_header(),
         "",
-        "For every task x seed of `benchmarks/lr_tasks.py`: the range test and a one-cycle run at its `floor_edge` pick, with "
+        "For every task x seed of `benchmarks/lr_selection/lr_tasks.py`: the range test and a one-cycle run at its `floor_edge` pick, with "
         "`optimizer.decay_norm_and_bias` true (the default) and false. Test accuracy, mean over seeds; difference = off - on.",
         "",
         "| half | task | weight decay | max_lr on (geo-mean) | max_lr off | acc % on | acc % off | difference |",

@@ -30,7 +30,7 @@ from benchmarks.common import RESULTS, machine_header
 from benchmarks.lr_selection import choosers
 from benchmarks.lr_selection.choosers import best_candidate, halves, probe_pick, rule_regrets
 from benchmarks.lr_selection.lr_tasks import TASKS, Task
-from benchmarks.lr_selection.runs import TASK, Job, edge_point, grid_means, load_records, pretrain, run_all, seeds
+from benchmarks.lr_selection.runs import PROBE_FACTORS, TASK, Job, edge_point, grid_means, load_records, pretrain, run_all, seeds
 
 LENGTHS = {  # task -> other epoch counts to run (its grid at its own epochs is in the records)
     "tab10-nesterov-b2048-e20": (5, 10, 80),
@@ -217,8 +217,9 @@ def main() -> None:
         "## 1. The 30-step probe's best candidate against the grid's best at the run's own length (from lr_policies' records)",
         "",
         "Means over each task's seeds; the grid's best is the vertex of a parabola through its best point and neighbours "
-        "(in log10 max_lr); the probe's candidates are x{1, 1.6, 2.5, 4, 6, 10} of floor_edge's pick, judged as "
-        "lr_finder.probe_metric auto judges. Positive: the whole run wants more than the probe chose.",
+        f"(in log10 max_lr); the probe's candidates are x{{{', '.join(f'{f:g}' for f in PROBE_FACTORS)}}} of "
+        f"{choosers.PRODUCT.policy}'s pick, judged as lr_finder.probe_metric {choosers.PRODUCT.probe_metric} judges. Positive: the "
+        "whole run wants more than the probe chose.",
         "",
         *offline_table(grid, curves),
         "",

@@ -248,7 +248,7 @@ def write_report(grid, curves: Curves, selection: Selection, runs: dict[Job, dic
         "",
         machine_header(),
         "",
-        f"{len(TASKS)} tasks (`benchmarks/lr_tasks.py`, two halves of {len(TASKS) // 2}), each a one-cycle run; "
+        f"{len(TASKS)} tasks (`benchmarks/lr_selection/lr_tasks.py`, two halves of {len(TASKS) // 2}), each a one-cycle run; "
         f"{sum(len(seeds(t)) for t in TASKS)} task-seeds (5 a task, 6 for the 2k-image one); {seconds / 60:.0f} min of runs. "
         "For every task x seed: a grid of fixed max_lr in half-decade steps (grown at an edge until its best point is "
         "inside), one range test in the product's setting followed by the probe over factors "

@@ -44,7 +44,7 @@ def main() -> None:
         "",
         machine_header(),
         "",
-        "For every task x seed of `benchmarks/lr_tasks.py`: the range test with `lr_finder.probe=true` (candidates: the "
+        "For every task x seed of `benchmarks/lr_selection/lr_tasks.py`: the range test with `lr_finder.probe=true` (candidates: the "
         "`floor_edge` pick x 1, 2.5 and 6, each trained 50 optimizer steps of one cycle from the same weights, kept by "
         "validation loss), then a full one-cycle run at the rule's pick and one at the probe's. Accuracy on the test split, "
         "mean over seeds; difference = probe - rule in points (positive: the probe helps). The probe's constants were fixed "

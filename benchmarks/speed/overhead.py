@@ -103,7 +103,7 @@ def main() -> None:
         "",
         f"`{CONFIG}` (small CNN, full Fashion-MNIST: 54k train, 6k validation, 10k test, batch 128), {args.epochs} epochs, "
         f"max_lr {MAX_LR} fixed, one process with one thread each side. Product: `python train.py` with per-epoch "
-        "checkpoints, plain console lines and offline W&B; bare: `benchmarks/bare_loop.py`. Wall = the whole process from "
+        "checkpoints, plain console lines and offline W&B; bare: `benchmarks/speed/bare_loop.py`. Wall = the whole process from "
         "start to exit (imports, data, every epoch's validation, the test). Training throughput = images/s over the "
         "training batches only. Ratios > 1 mean the product is slower. Starting train.py through `accelerate launch` "
         f"instead of `python` adds {launcher:.1f} s (Accelerate's launcher process), not counted here.",

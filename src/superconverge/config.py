@@ -124,11 +124,11 @@ class LRFinderConfig(Section):
     diverge_th: Annotated[float, Field(gt=1)] = 5.0  # stop once that EMA exceeds this multiple of its best
     skip_start: Annotated[int, Field(ge=0)] = 10
     skip_end: Annotated[int, Field(ge=0)] = 5
-    policy: Literal["floor_edge", "near_minimum", "steepest", "valley", "minimum"] = "floor_edge"  # chosen in benchmarks/lr_policies.py
+    policy: Literal["floor_edge", "near_minimum", "steepest", "valley", "minimum"] = "floor_edge"  # chosen in benchmarks/lr_selection/
     fallback_max_lr: PositiveFloat | None = None
     # After the curve: short one-cycle runs from the same weights at the policy's pick x each factor, the best by probe_metric
     # on (up to probe_val_samples of) the validation split wins (lr_probe.py). The only way to an answer past the curve's minimum.
-    # Factors and steps chosen on the tune half of benchmarks/lr_policies.py (of 2 or 3 factors from 1..10 at 30 steps).
+    # Factors and steps chosen on the tune half of benchmarks/lr_selection/lr_policies.py (of 2 or 3 factors from 1..10 at 30 steps).
     probe: bool = False
     probe_factors: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 6.0], min_length=2)
     probe_steps: Annotated[int, Field(ge=2)] = 30  # optimizer steps of each candidate's cycle
