@@ -20,7 +20,8 @@ Runs are cached under benchmarks/results/tmp/lr_policies/ (a rerun continues whe
 report phase also writes what every run gave (results/lr_policies_runs.json: the scores the benchmark
 reads, and every range test's curve and probe), so a new candidate can be scored without the cache:
 
-    .venv/bin/python -m benchmarks.lr_selection.lr_policies score   # ~30 s: every candidate off the records (printed)
+    .venv/bin/python -m benchmarks.lr_selection.lr_policies score     # ~30 s: every candidate off the records (printed)
+    .venv/bin/python -m benchmarks.lr_selection.lr_policies rebuild   # ~30 s: results/lr_policies.md and .png off the records
 
 and a new checkout can continue from them, running only what they lack (a new task or seed, a new
 winner's picks, a curve the product refused or recorded without what the benchmark now reads):
@@ -359,12 +360,24 @@ def plot(grid: dict[Job, dict], runs: dict[Job, dict], jobs: Picks, kinds: tuple
     return out
 
 
+def rebuild_report() -> None:
+    """The report and plot from the committed records alone, no runs (the cache restored first: the report sums its runs'
+    seconds): what the report phase writes from the same records."""
+    restore_cache()
+    grid, curves, runs = load_records()
+    selection = select(curves, grid)
+    jobs = verify_jobs(curves, selection)
+    print(f"wrote {write_report(grid, curves, selection, runs, jobs)} and {plot(grid, runs, jobs, ('default', ADOPTED))}")
+
+
 def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ["WANDB_MODE"] = "disabled"
     phases = sys.argv[1:] or ["grid", "curves", "verify", "report"]
     if phases == ["score"]:
         return score_offline()
+    if phases == ["rebuild"]:
+        return rebuild_report()
     if phases[0] == "restore":
         restore_cache()
         phases = phases[1:]
