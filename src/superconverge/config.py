@@ -151,8 +151,9 @@ class LRFinderConfig(Section):
     skip_start: int = Field(10, ge=0, description="points of each sweep left out at its start when suggesting")
     skip_end: int = Field(5, ge=0, description="points of each sweep left out at its end when suggesting")
     policy: Literal["floor_edge", "near_minimum", "steepest", "valley", "minimum"] = Field(
-        "floor_edge", description="the rule that reads max_lr off the curve")  # fmt: skip
+        "floor_edge", description="the rule that reads max_lr off the curve")  # chosen in benchmarks/lr_selection/  # fmt: skip
     fallback_max_lr: PositiveFloat | None = Field(None, description="used, with a warning, when the curve gives no answer")
+    # Factors and steps chosen on the tune half of benchmarks/lr_selection/lr_policies.py (of 2 or 3 factors from 1..10 at 30 steps).
     probe: bool = Field(False, description="after the curve, short one cycles from the same weights at the rule's pick x "
                         "each of `probe_factors`; the best on the validation split wins")  # fmt: skip
     probe_factors: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 6.0], min_length=2,
