@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from superconverge.errors import say
 from superconverge.run_dir import RunDir
-from superconverge.tracking import Tracking, warn
+from superconverge.tracking import Tracking
 
 METRICS_PNG = "metrics.png"
 
@@ -23,7 +24,7 @@ def refresh_metrics(run_dir: RunDir, history: list[dict], tracking: Tracking) ->
         lrs, momentums = run_dir.trace.read()
         draw_metrics(history, lrs, momentums, path)
     except Exception as exc:  # noqa: BLE001 - a picture must never stop training
-        warn(f"{METRICS_PNG} could not be drawn ({type(exc).__name__}: {' '.join(str(exc).split())}); training goes on")
+        say(f"{METRICS_PNG} could not be drawn ({type(exc).__name__}: {' '.join(str(exc).split())}); training goes on")
         return
     tracking.log_image("metrics/plot", path, step=history[-1]["optimizer_steps"])
 
