@@ -163,6 +163,7 @@ def start_tracking(cfg: Config, accelerator: Accelerator, resumed_at: int | None
     run_dir = Path(cfg.output_dir)
     fresh = cfg.trainer.resume == "none"
     mode, run_id = _start_wandb(cfg, accelerator, run_dir, fresh)
+    # TensorBoard after W&B: accelerator.init_trackers (W&B's start) starts every tracker already in accelerator.trackers.
     tensorboard_dir = _start_tensorboard(accelerator, run_dir, resumed_at) if cfg.tracking.tensorboard else None
     if not accelerator.trackers:
         return Tracking("disabled")
