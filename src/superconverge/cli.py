@@ -206,7 +206,7 @@ def build_trainer(argv: list[str] | None, stop: StopSignals) -> Trainer:
     layout = batch_layout(cfg, accelerator, resume_state)
     run_dir.record_config(cfg)
     console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
-    tracking = start_tracking(cfg, accelerator)
+    tracking = start_tracking(cfg, accelerator, resume_state.optimizer_steps if resume_state is not None else None)
     stop_if_requested(stop, accelerator, run_dir, "W&B start")
     console.banner(run_facts(cfg, accelerator, layout, task, tracking))
     model = prepare_model(cfg, accelerator, task.model)
@@ -251,6 +251,7 @@ def run_facts(cfg: Config, accelerator: Accelerator, layout: BatchLayout, task: 
         "max_lr": cfg.schedule.max_lr,
         "run_dir": cfg.output_dir,
         "wandb": tracking.describe().replace(" ", ":"),
+        **({"tensorboard": tracking.tensorboard_dir} if tracking.tensorboard_dir else {}),
     }
 
 

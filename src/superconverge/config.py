@@ -241,6 +241,7 @@ class TrackingConfig(Section):
     """Experiment trackers."""
 
     wandb: WandbConfig = WandbConfig()
+    tensorboard: bool = Field(False, description="also log to TensorBoard: event files in `output_dir/tensorboard`, no account")
 
 
 class ConsoleConfig(Section):
