@@ -12,7 +12,7 @@ TEST_WORKERS ?= 2
 # 2 CPU processes without CUDA; all GPUs of the machine with it (evaluated after set-up).
 LAUNCH = $(shell $(PY) -c "import torch; n = torch.cuda.device_count(); print('--config_file launch/cpu.yaml' if n == 0 else f'--config_file launch/multi_gpu.yaml --num_processes {n}' if n > 1 else '--config_file launch/single_gpu.yaml')")
 
-.PHONY: setup data test-deps train test lint clean
+.PHONY: setup data test-deps train test lint docs clean
 
 setup: $(VENV)/.installed data
 
@@ -52,6 +52,10 @@ test: setup test-deps
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests train.py lr_find.py benchmarks examples
 	$(VENV)/bin/ruff format --check src tests train.py lr_find.py benchmarks examples
+
+# docs/configuration.md is generated from the config schema (a test fails when it is stale).
+docs: $(VENV)/.installed
+	$(PY) -m superconverge.reference > docs/configuration.md
 
 clean:
 	rm -rf runs .pytest_cache

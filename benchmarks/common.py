@@ -1,4 +1,10 @@
-"""What the benchmark scripts share: paths, the machine header, and running the product in-process."""
+"""What the benchmark scripts share: paths, the import set-up, the machine header, and running the product.
+
+Every script runs as a module from the repository root (``.venv/bin/python -m benchmarks.speed.overhead``)
+and imports this first: it puts ``src/`` on the path (the product, without an install) and the task
+matrix's folder, whose ``user_tasks`` module the matrix names by import path as a user's own code is
+(``data.name=user_tasks:tabular``). No script sets up ``sys.path`` itself.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,15 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SCRATCH = RESULTS / "tmp"  # run directories; git-ignored
-sys.path.insert(0, str(ROOT / "src"))
+for _path in (ROOT / "src", ROOT / "benchmarks" / "lr_selection"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 
 def machine_header() -> str:
@@ -46,23 +55,36 @@ def timed(command: list[str], **env: str) -> float:
     return time.perf_counter() - started
 
 
-def run_in_process(entry: str, argv: list[str]) -> int:
-    """``train.py`` (entry="train") or ``lr_find.py`` (entry="lr_find") in this process, quietly.
+RAISED = 113  # a forked run's exit status when it raised (anything else is the entry point's own)
 
-    Many short runs in one process save the ~3 s import of each; Accelerate keeps its state in
-    class-level singletons, so they are reset after every run (the run restores its own signal handlers).
+
+def run_forked(entry: str, argv: list[str]) -> int:
+    """``train.py`` (entry="train") or ``lr_find.py`` (entry="lr_find"), quietly, in a child forked from this process.
+
+    Many short runs save the ~3 s import of each: the child inherits this process's imports. Accelerate
+    keeps its state in class-level singletons; each run's end with its child's, so no run sees the
+    last one's (no private reset needed). An exception in the run is printed and raised here.
     """
-    from accelerate.state import AcceleratorState, GradientState
-
-    from superconverge import cli
+    from superconverge import cli  # imported before the fork: the child inherits it
 
     function = cli.main if entry == "train" else cli.lr_find_main
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return function([*argv, "console.mode=quiet", "tracking.wandb.mode=disabled", "trainer.resume=none"])
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = RAISED
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                code = function([*argv, "console.mode=quiet", "tracking.wandb.mode=disabled", "trainer.resume=none"])
+        except BaseException:  # printed here, raised in the parent
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code if isinstance(code, int) else RAISED)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code == RAISED:
+        raise RuntimeError(f"{entry} {' '.join(argv)} raised (its traceback above)")
+    return code
 
 
 def read_json(path: Path) -> dict:

@@ -136,7 +136,6 @@ def test_a_checkpoint_from_before_the_task_keys_resumes_unless_they_change():
     for section, key in [("model", "kwargs"), ("model", "head"), ("data", "kwargs"), ("optimizer", "decay_norm_and_bias"),
                          ("optimizer", "backbone_lr_ratio")]:  # fmt: skip
         del older[section][key]
-    older["trainer"]["early_stopping"]["metric"] = "val_acc"  # the default before "auto"
     assert resume_changes(older, load_config(ROOT / "configs" / "digits.yaml")) == ({}, {})
     changed = load_config(
         ROOT / "configs" / "digits.yaml", ["optimizer.decay_norm_and_bias=false", "trainer.early_stopping.metric=val_loss"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import inspect
 import os
 import shutil
 import sys
@@ -22,9 +23,9 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, To
 
 from superconverge.batches import BatchLayout
 from superconverge.checkpoint import check_fits, resolve_resume, validate_checkpoint
-from superconverge.config import MOOT_ON_RESUME, Config, ConfigError, describe_changes, load_config, resume_changes
+from superconverge.config import MOOT_ON_RESUME, Config, ConfigError, config_yaml, describe_changes, load_config, resume_changes
 from superconverge.console import RunConsole
-from superconverge.errors import UserError, report_error, report_error_on_every_rank
+from superconverge.errors import ExitCode, UserError, report_error, report_error_on_every_rank
 from superconverge.lr_finder import MaxLRChoice, find_max_lr
 from superconverge.run_dir import RunDir
 from superconverge.signals import StopSignals
@@ -34,15 +35,30 @@ from superconverge.trainer import RunContext, Trainer, TrainState, prepare_model
 
 
 def entry(argv: list[str] | None = None) -> int:
-    """``python -m superconverge`` and the ``superconverge`` script: ``train`` (the default) or ``lr-find``."""
+    """``python -m superconverge`` and the ``superconverge`` script: a command (``train`` when none is named) and its arguments."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["lr-find"]:
-        return lr_find_main(argv[1:])
-    return main(argv[1:] if argv[:1] == ["train"] else argv)
+    if argv[:1] in (["-h"], ["--help"], ["help"]):
+        print(usage())
+        return 0
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    return main(argv)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="superconverge [train|lr-find]", description="One-cycle training with Accelerate.")
+def usage() -> str:
+    commands = "\n".join(f"  {name:<13} {inspect.getdoc(command).splitlines()[0]}" for name, command in COMMANDS.items())
+    return (
+        "usage: superconverge [COMMAND] --config X.yaml [key.sub=value ...]\n"
+        "       accelerate launch [ACCELERATE OPTIONS] -m superconverge [COMMAND] --config X.yaml [key.sub=value ...]\n\n"
+        f"commands (train when none is named):\n{commands}\n\n"
+        "`superconverge COMMAND --help` shows a command's options. Every config key, its type, default and meaning:\n"
+        f"{CONFIG_DOC}; `superconverge print-config` prints the resolved config a command would run."
+    )
+
+
+def parse_args(argv: list[str] | None, prog: str = "train") -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"superconverge {prog}", description=inspect.getdoc(COMMANDS[prog]).splitlines()[0],
+                                     epilog=f"Config keys: {CONFIG_DOC}")  # fmt: skip
     parser.add_argument("--config", type=Path, help="YAML experiment file (configs/*.yaml)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors (console.mode=quiet)")
     parser.add_argument("--verbose", action="store_true", help="report every 10 steps (console.log_every_steps=10)")
@@ -52,6 +68,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         (["console.mode=quiet"] if args.quiet else []) + (["console.log_every_steps=10"] if args.verbose else []) + args.overrides
     )
     return args
+
+
+def print_config_main(argv: list[str] | None = None) -> int:
+    """Print the resolved config (YAML, defaults included) that the same arguments would run, and exit."""
+    try:
+        args = parse_args(argv, "print-config")
+        print(config_yaml(load_config(args.config, args.overrides)), end="")
+    except UserError as exc:
+        report_error(f"superconverge print-config: error: {exc}")
+        return ExitCode.BAD_INPUT
+    return ExitCode.DONE
 
 
 def resumed_choice(resume_state: TrainState | None) -> MaxLRChoice | None:
@@ -84,12 +111,13 @@ def make_accelerator(cfg: Config) -> Accelerator:
     )
 
 
-def prepare_inputs(argv: list[str] | None, forced: tuple[str, ...] = (), stop: StopSignals | None = None) -> tuple[Config, Task]:
+def prepare_inputs(argv: list[str] | None, forced: tuple[str, ...] = (), stop: StopSignals | None = None,
+                   prog: str = "train") -> tuple[Config, Task]:  # fmt: skip
     """Config and task (data, model, loss), validated identically on every rank.
 
     With ``stop``, a multi-node job watches its other nodes from here on, data loading included.
     """
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     cfg = load_config(args.config, [*args.overrides, *forced])
     if stop is not None:
         stop.watch_peer_nodes(cfg.trainer.heartbeat_timeout_seconds)
@@ -178,7 +206,7 @@ def build_trainer(argv: list[str] | None, stop: StopSignals) -> Trainer:
     layout = batch_layout(cfg, accelerator, resume_state)
     run_dir.record_config(cfg)
     console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
-    tracking = start_tracking(cfg, accelerator)
+    tracking = start_tracking(cfg, accelerator, resume_state.optimizer_steps if resume_state is not None else None)
     stop_if_requested(stop, accelerator, run_dir, "W&B start")
     console.banner(run_facts(cfg, accelerator, layout, task, tracking))
     model = prepare_model(cfg, accelerator, task.model)
@@ -223,10 +251,12 @@ def run_facts(cfg: Config, accelerator: Accelerator, layout: BatchLayout, task: 
         "max_lr": cfg.schedule.max_lr,
         "run_dir": cfg.output_dir,
         "wandb": tracking.describe().replace(" ", ":"),
+        **({"tensorboard": tracking.tensorboard_dir} if tracking.tensorboard_dir else {}),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train: range test (with schedule.max_lr=auto), one cycle, checkpoints; the same command resumes."""
     with StopSignals() as stop:
         try:
             trainer = build_trainer(argv, stop)
@@ -254,9 +284,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def lr_find_main(argv: list[str] | None = None) -> int:
-    """Run only the range test for a config (same code path, distributed too) and print the suggestions."""
+    """Run only the LR range test for a config (the same code path, distributed too) and print every rule's suggestion."""
     try:
-        cfg, task = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
+        cfg, task = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"), prog="lr-find")
         accelerator = make_accelerator(cfg)
         run_dir = RunDir.open(cfg, accelerator)
         run_dir.record_config(cfg)
@@ -297,3 +327,7 @@ def print_suggestions(choice: MaxLRChoice, run_dir: Path) -> None:
         console.print(f"lowest loss at lr {rule.lr_at_minimum:.3e}; every policy's suggestion lies below it"
                       + (f" (the probe's candidates may not; {probe.seconds:.1f} s)" if probe is not None else ""))  # fmt: skip
     console.print(f"curve and suggestions: {run_dir / 'lr_finder.json'} and {run_dir / 'lr_finder.png'}")
+
+
+CONFIG_DOC = "docs/configuration.md"
+COMMANDS = {"train": main, "lr-find": lr_find_main, "print-config": print_config_main}

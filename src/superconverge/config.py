@@ -17,10 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from superconverge import lr_rules, registry
 from superconverge.errors import UserError
+from superconverge.records import METRIC_NAMES
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+MonitorName = Literal[("auto", *METRIC_NAMES)]  # auto: what the task has (accuracy for a classifier)
 
 
 class ConfigError(UserError):
@@ -32,27 +34,37 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    name: str = "fashion_mnist"  # a registered data set (registry.DATASETS) or "package.module:callable"
-    kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to a user's data set factory
-    root: Path = Path("data")
-    mirror: str | None = None  # a server with the data sets' archives under their own names (no internet)
-    batch_size: PositiveInt = 128
-    # auto: 0 for the in-memory data sets (batches are augmented on the device) and a user's TensorDataset;
-    # otherwise (images decoded one by one), the cores this process may use, shared among the processes of its machine.
-    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
-    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    split_seed: int = 0
-    limit_train: PositiveInt | None = None
-    drop_last: bool = False
-    augment: bool = True
-    crop_padding: Annotated[int, Field(ge=0)] | None = None
-    image_size: PositiveInt | None = None
-    normalize: Literal["dataset", "imagenet"] = "dataset"
-    # imagefolder files PIL cannot read: "error" stops before any work naming them (a data set
-    # should not shrink unnoticed); "skip" trains without them, with a counted warning.
-    bad_images: Literal["error", "skip"] = "error"
-    fake_train_size: PositiveInt = 2000
-    fake_image_size: PositiveInt = 32
+    """The data set, its splits and how batches are made."""
+
+    name: str = Field("fashion_mnist", description="a built-in data set (" + ", ".join(registry.DATASETS) + ") or your own "
+                      "`package.module:callable`")  # fmt: skip
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of your own data set's factory")
+    root: Path = Field(Path("data"), description="where data sets live; `imagefolder`: a folder of class folders, or of "
+                       "`train/` [`val/`] [`test/`] folders of them")  # fmt: skip
+    mirror: str | None = Field(None, description="a server holding the data sets' archives under their own names (clusters "
+                               "without internet; trusted, no checksum)")  # fmt: skip
+    batch_size: PositiveInt = Field(128, description="per process and micro-step; the global batch is this x processes x "
+                                    "`trainer.grad_accum_steps`")  # fmt: skip
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="loader workers per process; `auto`: 0 for in-memory data (augmented on the device), else the "
+        "cores this process may use, shared among its machine's processes")  # fmt: skip
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="validation carved from the training set (an imagefolder's own "
+                                "`val/` wins)")  # fmt: skip
+    split_seed: int = Field(0, description="seed of that split and of `limit_train`'s subset, independent of `seed`")
+    limit_train: PositiveInt | None = Field(None, description="train on this many samples (a seeded, class-stratified subset); "
+                                            "null: all")  # fmt: skip
+    drop_last: bool = Field(False, description="drop the last incomplete global batch of each epoch")
+    augment: bool = Field(True, description="random crops, and flips where they keep the label, on the training split only")
+    crop_padding: Annotated[int, Field(ge=0)] | None = Field(None, description="random-crop padding in pixels; null: image "
+                                                             "size / 8, 0: no crop")  # fmt: skip
+    image_size: PositiveInt | None = Field(None, description="resize to this square size; null: native (imagefolder: 224)")
+    normalize: Literal["dataset", "imagenet"] = Field("dataset", description="statistics of the training images, or "
+                                                      "ImageNet's (for pretrained models)")  # fmt: skip
+    bad_images: Literal["error", "skip"] = Field("error", description="imagefolder files PIL cannot read: stop naming them "
+                                                 "before any work, or train without them with a counted warning")  # fmt: skip
+    fake_train_size: PositiveInt = Field(2000, description="`fake`: random images in the training split (the test split "
+                                         "has a fifth)")  # fmt: skip
+    fake_image_size: PositiveInt = Field(32, description="`fake`: their size in pixels")
 
     @field_validator("name")
     @classmethod
@@ -61,19 +73,29 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    # A registered model (registry.MODELS), a torchvision classification model, "timm/<name>" or "package.module:callable";
+    """The network: a built-in, torchvision's, timm's or your own."""
+
     # torchvision's names are checked when the model is built (validating a config imports no model zoo).
-    name: str = "small_cnn"
-    kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to the model factory after num_classes and in_channels
-    head: str | None = None  # the submodule that is the head of a user's model (optimizer.backbone_lr_ratio)
-    pretrained: bool = False  # torchvision's or timm's published weights, fetched once per machine
-    weights_mirror: str | None = None  # a server with torchvision's weight files under their own names (no internet)
-    weights_file: Path | None = None
+    name: str = Field("small_cnn", description="a built-in model (" + ", ".join(registry.MODELS) + "), a torchvision "
+                      "classification model, `timm/<name>`, or your own `package.module:callable`")  # fmt: skip
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory, after "
+                                   "`num_classes` and `in_channels`")  # fmt: skip
+    head: str | None = Field(None, description="the head submodule of your own model (for `optimizer.backbone_lr_ratio`)")
+    pretrained: bool = Field(False, description="torchvision's or timm's published weights, downloaded once per machine; "
+                             "the head is resized to the data's classes")  # fmt: skip
+    weights_mirror: str | None = Field(None, description="a server holding torchvision's weight files under their own names "
+                                       "(clusters without internet)")  # fmt: skip
+    weights_file: Path | None = Field(None, description="a local state dict, loaded with `weights_only=True`; a head of "
+                                      "another size is re-initialised")  # fmt: skip
 
 
 class LossConfig(Section):
-    name: str = "cross_entropy"  # or "package.module:callable" taking (outputs, targets), returning the batch's mean loss
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """The training loss."""
+
+    name: str = Field("cross_entropy", description="`cross_entropy`, or your own `package.module:callable` taking "
+                      "(outputs, targets) and returning the batch's mean loss (a class is built with `loss.kwargs`)")  # fmt: skip
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the loss")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (`loss.name=cross_entropy`)")
 
     @field_validator("name")
     @classmethod
@@ -82,59 +104,64 @@ class LossConfig(Section):
 
 
 class OptimizerConfig(Section):
-    name: str = "adamw"  # registry.OPTIMIZERS
-    weight_decay: NonNegativeFloat = 0.01
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    nesterov: bool = False
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0  # for loss.name=cross_entropy
-    decay_norm_and_bias: bool = True  # weight decay on normalisation weights and biases too (fastai, nanoGPT, airbench: off)
-    # Every parameter outside the model's head at this fraction of the head's LR (fastai's discriminative rates).
-    backbone_lr_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
+    """The optimizer; its LR and momentum (or Adam's beta1) follow the schedule."""
+
+    name: str = Field("adamw", description="one of " + ", ".join(registry.OPTIMIZERS))
+    weight_decay: NonNegativeFloat = Field(0.01, description="decoupled for AdamW, L2 for Adam and SGD")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD's momentum (cycled by the schedule)")
+    nesterov: bool = Field(False, description="SGD with Nesterov momentum")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="the Adam family's betas (beta1 cycled by the schedule)")  # fmt: skip
+    decay_norm_and_bias: bool = Field(True, description="weight decay on normalisation weights and biases too (fastai, "
+                                      "nanoGPT and airbench keep it off them)")  # fmt: skip
+    backbone_lr_ratio: float | None = Field(None, gt=0, le=1, description="every parameter outside the head at this fraction "
+                                            "of the head's LR (discriminative rates for a pretrained backbone)")  # fmt: skip
 
     @field_validator("name")
     @classmethod
     def _known_optimizer(cls, name: str) -> str:
-        if name not in registry.OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(registry.OPTIMIZERS)}")
-        return name
+        return registry.check_name("optimizer.name", name, registry.OPTIMIZERS, import_paths=False)
 
 
 class ScheduleConfig(Section):
-    max_lr: PositiveFloat | Literal["auto"] = "auto"
-    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.3
-    div_factor: Annotated[float, Field(ge=1)] = 25.0
-    final_div_factor: Annotated[float, Field(ge=1)] = 1e4
-    anneal_strategy: Literal["cos", "linear"] = "cos"
-    cycle_momentum: bool = True
-    base_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.85
-    max_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.95
+    """The one cycle (torch's OneCycleLR), stepped after every optimizer step."""
+
+    max_lr: PositiveFloat | Literal["auto"] = Field("auto", description="the peak LR; `auto`: from the LR range test")
+    pct_start: float = Field(0.3, gt=0, lt=1, description="share of the cycle spent warming up")
+    div_factor: float = Field(25.0, ge=1, description="first LR = max_lr / div_factor")
+    final_div_factor: float = Field(1e4, ge=1, description="last LR = first LR / final_div_factor")
+    anneal_strategy: Literal["cos", "linear"] = Field("cos", description="the shape of both halves of the cycle")
+    cycle_momentum: bool = Field(True, description="momentum (SGD) or beta1 (Adam) moves opposite to the LR")
+    base_momentum: float = Field(0.85, ge=0, lt=1, description="the momentum at max_lr")
+    max_momentum: float = Field(0.95, ge=0, lt=1, description="the momentum at both ends of the cycle")
 
 
 class LRFinderConfig(Section):
-    """The LR range test that picks max_lr when schedule.max_lr is 'auto'."""
+    """The LR range test that picks max_lr when `schedule.max_lr` is `auto` (see docs/lr-range-test.md)."""
 
-    start_lr: PositiveFloat = 1e-6
-    end_lr: PositiveFloat = 10.0
-    num_iter: Annotated[int, Field(ge=10)] = 100
-    sweep_iter: Annotated[int, Field(ge=10)] = 100  # steps of a sweep's grid; num_iter runs as sweeps of it, each from the same weights
-    peak_momentum: bool = True  # test at the momentum one cycle has at max_lr (schedule.base_momentum)
-    step_mode: Literal["exp", "linear"] = "exp"
-    smooth_f: Annotated[float, Field(ge=0, lt=1)] = 0.2  # torch-lr-finder's EMA, used only for its stop rule
-    diverge_th: Annotated[float, Field(gt=1)] = 5.0  # stop once that EMA exceeds this multiple of its best
-    skip_start: Annotated[int, Field(ge=0)] = 10
-    skip_end: Annotated[int, Field(ge=0)] = 5
-    policy: Literal[tuple(lr_rules.POLICIES)] = "floor_edge"  # lr_rules' registry; chosen in benchmarks/lr_policies.py
-    fallback_max_lr: PositiveFloat | None = None
-    # After the curve: short one-cycle runs from the same weights at the policy's pick x each factor, the best by probe_metric
-    # on (up to probe_val_samples of) the validation split wins (lr_probe.py). The only way to an answer past the curve's minimum.
-    # Factors and steps chosen on the tune half of benchmarks/lr_policies.py (of 2 or 3 factors from 1..10 at 30 steps).
-    probe: bool = False
-    probe_factors: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 6.0], min_length=2)
-    probe_steps: Annotated[int, Field(ge=2)] = 30  # optimizer steps of each candidate's cycle
-    probe_val_samples: PositiveInt = 2048
-    # What judges the candidates; auto: the run's trainer.early_stopping.metric (accuracy where the task has one).
-    probe_metric: Literal["auto", "val_loss", "val_acc"] = "auto"
+    start_lr: PositiveFloat = Field(1e-6, description="the lowest LR swept")
+    end_lr: PositiveFloat = Field(10.0, description="the highest LR swept (a sweep stops earlier when the loss diverges)")
+    num_iter: int = Field(100, ge=10, description="iterations (global batches) in all, spent on sweeps of `sweep_iter`")
+    sweep_iter: int = Field(100, ge=10, description="steps of one sweep's grid; more `num_iter` adds sweeps from the same "
+                            "weights, shifted in LR: resolution, not training")  # fmt: skip
+    peak_momentum: bool = Field(True, description="test at the momentum one cycle has at max_lr (`schedule.base_momentum`)")
+    step_mode: Literal["exp", "linear"] = Field("exp", description="how the LR grows from one iteration to the next")
+    smooth_f: float = Field(0.2, ge=0, lt=1, description="torch-lr-finder's moving average, used only for its stop rule")
+    diverge_th: float = Field(5.0, gt=1, description="a sweep stops once that average exceeds this multiple of its best")
+    skip_start: int = Field(10, ge=0, description="points of each sweep left out at its start when suggesting")
+    skip_end: int = Field(5, ge=0, description="points of each sweep left out at its end when suggesting")
+    policy: Literal[tuple(lr_rules.POLICIES)] = Field(
+        "floor_edge", description="the rule that reads max_lr off the curve")  # chosen in benchmarks/lr_selection/  # fmt: skip
+    fallback_max_lr: PositiveFloat | None = Field(None, description="used, with a warning, when the curve gives no answer")
+    # Factors and steps chosen on the tune half of benchmarks/lr_selection/lr_policies.py (of 2 or 3 factors from 1..10 at 30 steps).
+    probe: bool = Field(False, description="after the curve, short one cycles from the same weights at the rule's pick x "
+                        "each of `probe_factors`; the best on the validation split wins")  # fmt: skip
+    probe_factors: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 6.0], min_length=2,
+                                               description="the probe's candidates, as multiples of the rule's pick")  # fmt: skip
+    probe_steps: int = Field(30, ge=2, description="optimizer steps of each candidate's cycle")
+    probe_val_samples: PositiveInt = Field(2048, description="validation samples that judge the candidates")
+    probe_metric: MonitorName = Field("auto", description="what judges the candidates; `auto`: the run's "
+                                      "`trainer.early_stopping.metric`")  # fmt: skip
 
     @model_validator(mode="after")
     def _range(self) -> LRFinderConfig:
@@ -144,30 +171,44 @@ class LRFinderConfig(Section):
 
 
 class EarlyStoppingConfig(Section):
-    patience: PositiveInt | None = None
-    metric: Literal["auto", "val_acc", "val_loss"] = "auto"  # auto: val_acc where the task has accuracy, else val_loss
-    min_delta: NonNegativeFloat = 0.0
+    """Which metric decides the `best` checkpoint, and whether it may end the run early."""
+
+    patience: PositiveInt | None = Field(None, description="epochs without improvement before stopping; null: never (the "
+                                         "cycle's annealing is where accuracy jumps)")  # fmt: skip
+    metric: MonitorName = Field("auto", description="`auto`: val_acc where the task has accuracy, else val_loss; also "
+                                "chooses the `best` checkpoint")  # fmt: skip
+    min_delta: NonNegativeFloat = Field(0.0, description="the smallest change that counts as an improvement")
 
 
 class TrainerConfig(Section):
-    epochs: PositiveInt = 5
-    grad_accum_steps: PositiveInt = 1
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
-    grad_clip_norm: PositiveFloat | None = None
+    """The run: its length, precision, checkpoints, resume and fault handling."""
+
+    epochs: PositiveInt = Field(5, description="the length of the cycle")
+    grad_accum_steps: PositiveInt = Field(1, description="micro-batches per optimizer step on each process (Accelerate)")
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(None, description="null: what `accelerate launch` says "
+                                                                  "(a bare `no` means `no`, not false)")  # fmt: skip
+    grad_clip_norm: PositiveFloat | None = Field(None, description="clip the gradients' norm to this")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
-    resume: str = "auto"
-    checkpoint_every_steps: PositiveInt | None = None
-    stop_after_epochs: PositiveInt | None = None  # end this invocation (checkpointed) after N epochs
-    stop_after_steps: PositiveInt | None = None  # ... or after N optimizer steps; a rerun resumes
-    cpu: bool | None = None
-    channels_last: bool = False  # NHWC activations: faster convolutions with cuDNN and oneDNN
-    compile: bool = False  # torch.compile the prepared model through Accelerate (inductor)
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
-    deterministic: bool = False
-    preemption_check_steps: PositiveInt = 10  # how often ranks agree on a SIGUSR1/SIGTERM (one all-reduce)
-    collective_timeout_minutes: PositiveInt = 120  # ranks wait this long for one another in a collective
-    orphan_grace_seconds: PositiveFloat = 120.0  # a rank whose launcher died exits hard if it cannot checkpoint by then
-    heartbeat_timeout_seconds: PositiveFloat = 300.0  # multi-node: a node silent this long is gone, and the others stop
+    resume: str = Field("auto", description="`auto`: continue from `checkpoints/last` if there is one; `none`: start over; "
+                        "or a checkpoint or run directory")  # fmt: skip
+    checkpoint_every_steps: PositiveInt | None = Field(None, description="also checkpoint every N optimizer steps, "
+                                                       "mid-epoch")  # fmt: skip
+    stop_after_epochs: PositiveInt | None = Field(None, description="end this invocation, checkpointed, after N epochs; the "
+                                                  "same command resumes")  # fmt: skip
+    stop_after_steps: PositiveInt | None = Field(None, description="... or after N optimizer steps")
+    cpu: bool | None = Field(None, description="force the CPU; null: when CUDA is absent")
+    channels_last: bool = Field(False, description="NHWC activations: faster convolutions with cuDNN and oneDNN")
+    compile: bool = Field(False, description="`torch.compile` the prepared model through Accelerate (inductor; on a CPU it "
+                          "needs a C++ compiler)")  # fmt: skip
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field("default", description="inductor's mode")
+    deterministic: bool = Field(False, description="`torch.use_deterministic_algorithms(True)`")
+    preemption_check_steps: PositiveInt = Field(10, description="how often the ranks agree on a SIGUSR1/SIGTERM (one "
+                                                "all-reduce), in optimizer steps")  # fmt: skip
+    collective_timeout_minutes: PositiveInt = Field(120, description="how long ranks wait for one another in a collective")
+    orphan_grace_seconds: PositiveFloat = Field(120.0, description="a rank whose launcher died exits hard if it cannot "
+                                                "checkpoint by then")  # fmt: skip
+    heartbeat_timeout_seconds: PositiveFloat = Field(300.0, description="multi-node: a node silent this long is gone, and "
+                                                     "the others stop naming it")  # fmt: skip
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -184,28 +225,39 @@ class TrainerConfig(Section):
 
 
 class WandbConfig(Section):
-    project: str = "superconverge"
-    entity: str | None = None
-    name: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    mode: Literal["online", "offline", "disabled"] = "online"  # online without an API key runs offline
-    log_every_steps: PositiveInt = 50
-    init_timeout_seconds: PositiveFloat = 30.0  # then an unreachable server means offline logging, not a stall
+    """Weights & Biases through Accelerate's tracker: offline without an API key, never fatal."""
+
+    project: str = Field("superconverge", description="the W&B project")
+    entity: str | None = Field(None, description="the W&B team or user; null: your default")
+    name: str | None = Field(None, description="the run's display name; null: W&B's")
+    tags: list[str] = Field(default_factory=list, description="the run's tags")
+    mode: Literal["online", "offline", "disabled"] = Field("online", description="`online` without an API key logs offline")
+    log_every_steps: PositiveInt = Field(50, description="training values every N optimizer steps")
+    init_timeout_seconds: PositiveFloat = Field(30.0, description="then an unreachable server means offline logging, not a "
+                                                "stall")  # fmt: skip
 
 
 class TrackingConfig(Section):
+    """Experiment trackers."""
+
     wandb: WandbConfig = WandbConfig()
+    tensorboard: bool = Field(False, description="also log to TensorBoard: event files in `output_dir/tensorboard`, no account")
 
 
 class ConsoleConfig(Section):
-    mode: Literal["auto", "live", "plain", "quiet"] = "auto"  # auto: live in a terminal, plain lines elsewhere
-    log_every_steps: PositiveInt = 50
-    log_every_seconds: PositiveFloat | None = None  # plain lines by time instead of steps
+    """What the main process prints."""
+
+    mode: Literal["auto", "live", "plain", "quiet"] = Field("auto", description="`auto`: live in a terminal, plain lines "
+                                                            "elsewhere")  # fmt: skip
+    log_every_steps: PositiveInt = Field(50, description="a plain line every N micro-steps")
+    log_every_seconds: PositiveFloat | None = Field(None, description="plain lines by time instead of steps")
 
 
 class Config(Section):
-    seed: int = 0
-    output_dir: Path = Path("runs/default")
+    """A run: the YAML file and the command line's `key.sub=value` overrides, checked against this schema."""
+
+    seed: int = Field(0, description="the model's initial weights and the data order and augmentation")
+    output_dir: Path = Field(Path("runs/default"), description="the run directory: config, metrics, checkpoints, summary")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
@@ -223,6 +275,10 @@ class Config(Section):
                              f"{self.schedule.max_momentum} -> {self.schedule.base_momentum} -> {self.schedule.max_momentum}; "
                              "set schedule.cycle_momentum=false, or give SGD a momentum")  # fmt: skip
         return self
+
+
+# Keys that moved (old -> new): the old one is refused naming the new, and a checkpoint that has it resumes.
+RENAMED_KEYS = {"optimizer.label_smoothing": "loss.label_smoothing"}
 
 
 def _key_of(loc: tuple) -> str:
@@ -254,7 +310,9 @@ def _format_errors(error: ValidationError, source: str, override_keys: set[str])
     messages: dict[str, list[str]] = {}
     for item in error.errors():
         key = _key_of(item["loc"])
-        if item["type"] == "extra_forbidden":
+        if item["type"] == "extra_forbidden" and key in RENAMED_KEYS:
+            message = f"moved to {RENAMED_KEYS[key]}"
+        elif item["type"] == "extra_forbidden":
             nearest = _nearest_key(key)
             message = "unknown key" + (f" (did you mean {nearest}?)" if nearest else "")
         else:
@@ -330,19 +388,15 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-# A default renamed in an upgrade, (old, new), that means the same thing: not a change on resume.
-UPGRADED_DEFAULTS = {"trainer.early_stopping.metric": ("val_acc", "auto")}
-
-
 def resume_changes(saved: dict, config: Config) -> tuple[dict, dict]:
     """Keys whose value differs from the checkpoint's config: (applied, refused), each key -> (old, new).
 
     A key the checkpoint's config lacks (added by an upgrade) at its default is no change.
     """
-    old, new = _flatten(saved), _flatten(config.model_dump(mode="json"))
+    old = {RENAMED_KEYS.get(key, key): value for key, value in _flatten(saved).items()}
+    new = _flatten(config.model_dump(mode="json"))
     defaults = _flatten(Config().model_dump(mode="json"))
     old = {**{key: value for key, value in defaults.items() if key not in old}, **old}
-    old.update({key: new[key] for key, pair in UPGRADED_DEFAULTS.items() if (old.get(key), new.get(key)) == pair})
     changed = {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
     applied = {key: change for key, change in changed.items() if key.startswith(RESUMABLE_KEYS)}
     return applied, {key: change for key, change in changed.items() if key not in applied}
@@ -352,5 +406,10 @@ def describe_changes(changes: dict) -> str:
     return ", ".join(f"{key} ({old!r} -> {new!r})" for key, (old, new) in changes.items())
 
 
+def config_yaml(config: Config) -> str:
+    """The config as YAML, every key included: what ``print-config`` shows and a run directory's ``config.yaml`` holds."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    path.write_text(config_yaml(config))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import pickle
-import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from torchvision.transforms import v2
 from superconverge import registry
 from superconverge.config import DataConfig
 from superconverge.downloads import one_at_a_time
-from superconverge.errors import UserError
+from superconverge.errors import UserError, say
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -54,10 +53,6 @@ class DataBundle:
     train_transform: BatchTransform | None = None
     eval_transform: BatchTransform | None = None
     workers: int = 0  # DataLoader workers per process (data.num_workers, auto resolved)
-
-    @property
-    def in_memory(self) -> bool:
-        return self.train_transform is not None
 
 
 @dataclass
@@ -95,10 +90,6 @@ class BatchTransform:
     def __init__(self, mean, std, size: int, crop_padding: int = 0, flip: bool = False) -> None:
         self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
         self.size, self.crop_padding, self.flip = size, crop_padding, flip
-
-    @property
-    def augments(self) -> bool:
-        return bool(self.crop_padding or self.flip)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """``rows=(first, total)``: these images are rows ``first...`` of a batch of ``total``; the draws are made for the
@@ -163,8 +154,8 @@ class TransformedSubset(Dataset):
                 if self.bad_images == "error":
                     raise DataError(f"imagefolder: cannot read image {exc}; remove it or set data.bad_images=skip") from None
                 self.skipped.append(exc.path)
-                print(f"superconverge: warning: skipping unreadable image {exc} ({len(self.skipped)} skipped so far in this "
-                      "process); the next image takes its place", file=sys.stderr, flush=True)  # fmt: skip
+                say(f"warning: skipping unreadable image {exc} ({len(self.skipped)} skipped so far in this process); the next "
+                    "image takes its place", every_rank=True)  # fmt: skip
         raise DataError("imagefolder: no image of this split can be read")
 
 
@@ -317,9 +308,11 @@ def warn_missing_classes(name: str, train: torch.Tensor, **others: torch.Tensor 
     have = set(train.unique().tolist())
     for split, labels in others.items():
         missing = sorted(set(labels.unique().tolist()) - have) if labels is not None and len(labels) else []
-        if missing and os.environ.get("RANK", "0") == "0":
-            print(f"superconverge: warning: {name}'s training split has no sample of class(es) {missing[:10]} that its {split} "
-                  "split has (raise data.limit_train, or check the data)", file=sys.stderr, flush=True)  # fmt: skip
+        if missing:
+            say(
+                f"warning: {name}'s training split has no sample of class(es) {missing[:10]} that its {split} split has "
+                "(raise data.limit_train, or check the data)"
+            )
 
 
 def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -404,9 +397,8 @@ def _image_folder(path: Path, bad_images: str) -> datasets.ImageFolder:
     if bad and bad_images == "error":
         raise DataError(f"imagefolder: {len(bad)} unreadable image(s) under {path}: {'; '.join(bad[:3])}. "
                         "Remove them, or set data.bad_images=skip to train without them")  # fmt: skip
-    if bad and os.environ.get("RANK", "0") == "0":
-        print(f"superconverge: warning: skipping {len(bad)} unreadable image(s) under {path}: {'; '.join(bad[:3])}",
-              file=sys.stderr, flush=True)  # fmt: skip
+    if bad:
+        say(f"warning: skipping {len(bad)} unreadable image(s) under {path}: {'; '.join(bad[:3])}")
     return folder
 
 

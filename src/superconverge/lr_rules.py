@@ -6,7 +6,7 @@ trails the real one by about three decades, which is why the old suggestions mov
 ``lr_finder.num_iter``. So the curve is re-smoothed here with a centred window in log-LR (no lag),
 cut where it starts to diverge, and every rule answers strictly below the LR of its minimum.
 The rules follow fastai's ``callback/schedule.py`` (steep, valley, minimum) plus the ones measured
-in ``benchmarks/lr_policies.py``; the default is the one chosen there on half of its tasks.
+in ``benchmarks/lr_selection/lr_policies.py``; the default is the one chosen there on half of its tasks.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from superconverge.errors import UserError
 
 MIN_POINTS = 5
-# How the curve is read, chosen with the default policy in benchmarks/lr_policies.py ("w0.2 bump"):
+# How the curve is read, chosen with the default policy in benchmarks/lr_selection/lr_policies.py ("w0.2 bump"):
 SMOOTH_DECADES = 0.2  # width of the centred smoothing window, in decades of LR
 # The diverging tail starts where the loss has risen TAIL_RISE_OF_MIN above its lowest value so far
 # and climbed back TAIL_RISE of its descent (both must hold: noise on a low floor is not a tail), so
@@ -175,7 +175,7 @@ def floor_edge(share: float) -> Callable[[Curve], float]:
     return rule
 
 
-# Chosen in benchmarks/lr_policies.py on the tune half of its tasks (results/lr_policies.md): one-cycle's
+# Chosen in benchmarks/lr_selection/lr_policies.py on the tune half of its tasks (results/lr_policies.md): one-cycle's
 # warm-up lets training take an LR close to where the range test's loss stops falling, so the best
 # rules allowed to answer below the minimum answer just below it; the edge of the floor is the one
 # that noise on a flat floor moves least.

@@ -49,13 +49,14 @@ def is_import_path(name: str) -> bool:
     return ":" in name
 
 
-def check_name(key: str, name: str, registry: Mapping[str, str]) -> str:
-    """A registered name or an import path (whose import waits for the build); else a did-you-mean error."""
-    if name in registry or is_import_path(name):
+def check_name(key: str, name: str, registry: Mapping[str, str], import_paths: bool = True) -> str:
+    """A registered name or (where allowed) an import path, whose import waits for the build; else a did-you-mean error."""
+    if name in registry or (import_paths and is_import_path(name)):
         return name
     nearest = difflib.get_close_matches(name, list(registry), n=1)
     hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
-    raise ValueError(f"unknown name {name!r}{hint}; use one of {', '.join(sorted(registry))} or 'package.module:callable'")
+    also = " or 'package.module:callable'" if import_paths else ""
+    raise ValueError(f"unknown name {name!r}{hint}; use one of {', '.join(sorted(registry))}{also}")
 
 
 def importable_working_directory() -> None:

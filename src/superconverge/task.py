@@ -65,7 +65,7 @@ def build_loss(cfg: Config) -> Loss:
     found = registry.resolve("loss.name", cfg.loss.name, registry.LOSSES)
     kwargs = dict(cfg.loss.kwargs)
     if cfg.loss.name == "cross_entropy":
-        kwargs.setdefault("label_smoothing", cfg.optimizer.label_smoothing)
+        kwargs.setdefault("label_smoothing", cfg.loss.label_smoothing)
     if inspect.isclass(found):
         loss = registry.call_factory("loss.name", cfg.loss.name, found, kwargs)
         if not callable(loss):

@@ -1,4 +1,4 @@
-"""W&B monitoring through Accelerate's trackers: offline without a key, resumable, never fatal."""
+"""Monitoring through Accelerate's trackers: W&B (offline without a key) and TensorBoard, resumable, never fatal."""
 
 from __future__ import annotations
 
@@ -23,43 +23,75 @@ if TYPE_CHECKING:
 RUN_ID_FILE = "wandb_run_id.txt"
 LAST_STEP_FILE = "wandb_last_step.txt"  # the highest W&B step this run directory has logged, across resumes
 STEP_METRIC = "trainer/step"  # the x-axis of every chart: the optimizer step, which a resume can rewind
+TENSORBOARD_DIR = "tensorboard"  # under the run directory
 
 
 @dataclass
 class Tracking:
-    """What the rest of the run needs to know: is W&B on, in which mode, under which run id.
+    """What the rest of the run needs to know: which trackers are on, W&B's mode and run id.
 
     W&B drops a row whose step is not above the last one it has, so the W&B step never goes back:
     a run resumed from an older checkpoint logs its (rewound) optimizer step as ``trainer/step``,
-    the charts' x-axis, under W&B steps that continue past the last one logged.
+    the charts' x-axis, under W&B steps that continue past the last one logged. TensorBoard logs at
+    the optimizer step itself; a resumed run's writer hides what was logged after its checkpoint.
     """
 
-    mode: str  # online | offline | disabled
-    run_id: str | None = None
-    accelerator: Accelerator | None = None
+    mode: str  # W&B's: online | offline | disabled
+    run_id: str | None = None  # W&B's
+    accelerator: Accelerator | None = None  # set when any tracker is on
     run_dir: Path | None = None
     step_floor: int = 0  # the lowest W&B step this process may log at
     step_offset: int | None = None  # W&B step - optimizer step, fixed at this process's first log
+    tensorboard_dir: Path | None = None  # set when TensorBoard is on
+    last_step: int = 0  # the last optimizer step logged: where TensorBoard puts the summary
 
     @property
     def active(self) -> bool:
-        return self.accelerator is not None
+        """Any tracker on (W&B, TensorBoard)."""
+        return self.accelerator is not None and bool(self.accelerator.trackers)
+
+    def _trackers(self) -> list:
+        return list(self.accelerator.trackers) if self.active and self.accelerator.is_main_process else []
 
     def log(self, values: dict, step: int) -> None:
-        if not self.active:
-            return
+        self.last_step = step
+        for tracker in self._trackers():
+            if tracker.name == "wandb":
+                self._log_wandb(tracker, values, step)
+            else:
+                try:
+                    tracker.log(values, step=step)
+                except Exception as exc:  # noqa: BLE001 - monitoring must never stop training
+                    warn(f"{tracker.name} logging failed ({type(exc).__name__}); training goes on")
+
+    def _log_wandb(self, tracker, values: dict, step: int) -> None:
         if self.step_offset is None:
             self.step_offset = max(0, self.step_floor - step)
         wandb_step = step + self.step_offset
         try:
-            self.accelerator.log({**values, STEP_METRIC: step}, step=wandb_step)
+            tracker.log({**values, STEP_METRIC: step}, step=wandb_step)
         except Exception as exc:  # noqa: BLE001 - monitoring must never stop training
             warn(f"W&B logging failed ({type(exc).__name__}); training goes on")
-        if self.accelerator.is_main_process:
-            (self.run_dir / LAST_STEP_FILE).write_text(str(wandb_step))
+        (self.run_dir / LAST_STEP_FILE).write_text(str(wandb_step))
+
+    def log_image(self, name: str, path: Path, step: int) -> None:
+        """A PNG as a W&B image and a TensorBoard image, at optimizer step ``step`` (main process)."""
+        for tracker in self._trackers():
+            try:
+                if tracker.name == "wandb":
+                    import wandb
+
+                    self._log_wandb(tracker, {name: wandb.Image(str(path))}, step)
+                elif tracker.name == "tensorboard":
+                    from matplotlib.image import imread
+
+                    tracker.writer.add_image(name, imread(path)[..., :3], step, dataformats="HWC")
+                    tracker.writer.flush()
+            except Exception as exc:  # noqa: BLE001 - monitoring must never stop training
+                warn(f"{tracker.name} could not log {path.name} ({type(exc).__name__}); training goes on")
 
     def wandb_run(self):
-        return self.accelerator.get_tracker("wandb", unwrap=True) if self.active else None
+        return self.accelerator.get_tracker("wandb", unwrap=True) if self.active and self.mode != "disabled" else None
 
     def describe(self) -> str:
         return "disabled" if self.run_id is None else f"{self.mode} run {self.run_id}"
@@ -84,9 +116,17 @@ class Tracking:
         }, step=0)  # fmt: skip
 
     def summarize(self, values: dict) -> None:
+        """W&B's run summary; in TensorBoard, ``summary/*`` at the last step logged."""
         run = self.wandb_run()
         if run is not None and self.accelerator.is_main_process:
             run.summary.update(values)
+        scalars = {f"summary/{k}": float(v) if isinstance(v, bool) else v for k, v in values.items() if v is not None}
+        for tracker in self._trackers():
+            if tracker.name == "tensorboard":
+                try:
+                    tracker.log(scalars, step=self.last_step)
+                except Exception as exc:  # noqa: BLE001 - monitoring must never stop training
+                    warn(f"TensorBoard logging failed ({type(exc).__name__}); training goes on")
 
 
 def warn(message: str) -> None:
@@ -116,13 +156,27 @@ def wants_wandb(cfg: Config) -> bool:
     return resolve_mode(cfg) != "disabled"
 
 
-def start_tracking(cfg: Config, accelerator: Accelerator) -> Tracking:
-    """Start (or continue, on resume) the W&B run on the main process."""
+def start_tracking(cfg: Config, accelerator: Accelerator, resumed_at: int | None = None) -> Tracking:
+    """Start (or continue, on resume) W&B and TensorBoard on the main process; either may be off, or fail, alone.
+
+    ``resumed_at``: the optimizer step of the checkpoint this run continues from (None: a new run).
+    """
+    run_dir = Path(cfg.output_dir)
+    fresh = cfg.trainer.resume == "none"
+    mode, run_id = _start_wandb(cfg, accelerator, run_dir, fresh)
+    # TensorBoard after W&B: accelerator.init_trackers (W&B's start) starts every tracker already in accelerator.trackers.
+    tensorboard_dir = _start_tensorboard(accelerator, run_dir, resumed_at) if cfg.tracking.tensorboard else None
+    if not accelerator.trackers:
+        return Tracking("disabled")
+    return Tracking(mode, run_id, accelerator, run_dir, step_floor=_step_floor(run_dir, fresh), tensorboard_dir=tensorboard_dir)
+
+
+def _start_wandb(cfg: Config, accelerator: Accelerator, run_dir: Path, fresh: bool) -> tuple[str, str | None]:
+    """W&B's mode and run id once started; ("disabled", None) when off or failed."""
     mode = resolve_mode(cfg)
     if mode == "disabled" or not accelerator.log_with:
-        return Tracking("disabled")
-    run_dir = Path(cfg.output_dir)
-    run_id = _run_id(run_dir, accelerator, fresh=cfg.trainer.resume == "none")
+        return "disabled", None
+    run_id = _run_id(run_dir, accelerator, fresh=fresh)
     if mode == "offline" and cfg.tracking.wandb.mode == "online" and accelerator.is_main_process:
         warn(f"no W&B API key found: logging offline to {run_dir / 'wandb'} (upload later with `wandb sync {run_dir / 'wandb'}`)")
     try:
@@ -131,14 +185,29 @@ def start_tracking(cfg: Config, accelerator: Accelerator) -> Tracking:
         _init_wandb(cfg, accelerator, run_id, mode)
     except Exception as exc:  # noqa: BLE001 - a network or W&B failure never stops training
         mode = _fall_back(cfg, accelerator, run_id, mode, exc)  # main process only: no collective in here
-    if mode == "disabled":
-        return Tracking("disabled")
-    return Tracking(mode, run_id, accelerator, run_dir, step_floor=_step_floor(run_dir, fresh=cfg.trainer.resume == "none"))
+    return (mode, run_id) if mode != "disabled" else ("disabled", None)
+
+
+def _start_tensorboard(accelerator: Accelerator, run_dir: Path, resumed_at: int | None) -> Path | None:
+    """Accelerate's TensorBoard tracker, writing into ``run_dir/tensorboard`` at optimizer steps; its directory, or None."""
+    from accelerate.tracking import TensorBoardTracker
+
+    # TensorBoard hides the events at or past purge_step that came before it: a resumed run's are those logged after its
+    # checkpoint (a rewound resume logs them again), a new run's are any an earlier run left in this directory.
+    purge_step = 0 if resumed_at is None else resumed_at + 1
+    tracker = TensorBoardTracker(TENSORBOARD_DIR, run_dir, purge_step=purge_step)
+    try:
+        tracker.start()  # main process only
+    except Exception as exc:  # noqa: BLE001 - a tracker that cannot start never stops training
+        warn(f"TensorBoard could not start ({type(exc).__name__}: {_one_line(exc)}); training goes on without it")
+        return None
+    accelerator.trackers.append(tracker)
+    return run_dir / TENSORBOARD_DIR
 
 
 def _fall_back(cfg: Config, accelerator: Accelerator, run_id: str, mode: str, exc: Exception) -> str:
     """An online start that failed (unreachable server, timeout) logs offline instead; anything else, nowhere."""
-    accelerator.trackers = []  # a half-started tracker would fail again in end_training()
+    accelerator.trackers = [t for t in accelerator.trackers if t.name != "wandb"]  # a half-started one would fail in end_training()
     wandb_dir = Path(cfg.output_dir) / "wandb"
     if mode == "online":
         warn(f"W&B server not reachable ({type(exc).__name__}: {_one_line(exc)}): logging offline to {wandb_dir} instead "
@@ -150,7 +219,7 @@ def _fall_back(cfg: Config, accelerator: Accelerator, run_id: str, mode: str, ex
             _init_wandb(cfg, accelerator, run_id, "offline")
             return "offline"
         except Exception as offline_exc:  # noqa: BLE001
-            accelerator.trackers, exc = [], offline_exc
+            accelerator.trackers, exc = [t for t in accelerator.trackers if t.name != "wandb"], offline_exc
     warn(f"W&B could not start ({type(exc).__name__}: {_one_line(exc)}); training goes on without it")
     return "disabled"
 

@@ -23,6 +23,7 @@ from superconverge.data import DataBundle
 from superconverge.errors import UserError
 from superconverge.lr_finder import MaxLRChoice
 from superconverge.metrics import EarlyStopping, SplitTotals
+from superconverge.plots import refresh_metrics
 from superconverge.records import EpochRecord, RunSummary
 from superconverge.run_dir import RunDir
 from superconverge.schedule import build_one_cycle, build_optimizer, current_momentum, group_max_lrs
@@ -328,6 +329,7 @@ class Trainer:
         state.history.append(asdict(record))
         self._save([LAST, BEST] if record.best else [LAST])
         self.run_dir.append_history(record)
+        refresh_metrics(self.run_dir, state.history, self.tracking)
         self.console.end_epoch(record)
         self.tracking.log({f"epoch/{k}": v for k, v in record.numbers().items()}, step=state.optimizer_steps)
         limit = self.cfg.trainer.stop_after_epochs

@@ -4,21 +4,17 @@ The default job's config (full Fashion-MNIST, global batch 256) with ``lr_finder
 200, 400, seeds 0-2, on 1 process (batch 256) and on 2 processes (batch 128 each). For every rule:
 the spread of its answers (max / min) over all 24 tests, and within each factor.
 
-    .venv/bin/python benchmarks/lr_stability.py     # ~10 min on 2 cores; writes results/lr_stability.md
+    .venv/bin/python -m benchmarks.lr_selection.lr_stability     # ~10 min on 2 cores; writes results/lr_stability.md
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from itertools import product
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LAUNCH_ONE_CPU, RESULTS, SCRATCH, machine_header, read_json, timed  # noqa: E402
-
-from superconverge import lr_rules  # noqa: E402
-from superconverge.config import LRFinderConfig  # noqa: E402
+from benchmarks.common import LAUNCH_ONE_CPU, RESULTS, SCRATCH, machine_header, read_json, timed
+from superconverge import lr_rules
+from superconverge.config import LRFinderConfig
 
 CONFIG = "configs/fashion_mnist.yaml"
 NUM_ITERS = (50, 100, 200, 400)

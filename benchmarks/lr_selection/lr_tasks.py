@@ -6,7 +6,7 @@ tabular classification at batch 1024-2048, a regression (MSE, scored by R^2), fi
 pretrained backbone with optimizer.backbone_lr_ratio, several training-set sizes, batch sizes from
 32 to 2048, budgets from 3 to 20 epochs, AdamW/Adam/SGD/SGD-Nesterov, weight decay and label
 smoothing, and models built in (small_cnn), from torchvision (shufflenet_v2_x0_5), from timm
-(mobilenetv3_small_050) and the user's own (benchmarks/user_tasks.py, by import path).
+(mobilenetv3_small_050) and the user's own (user_tasks.py beside this file, by import path).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from common import ROOT, SCRATCH
-from user_tasks import friedman_test_variance
+from benchmarks.common import ROOT, SCRATCH
+from benchmarks.lr_selection.user_tasks import friedman_test_variance
 
 FASHION = ("configs/fashion_mnist.yaml", f"data.root={ROOT / 'data'}")
 DIGITS = ("configs/digits.yaml",)
@@ -74,7 +74,7 @@ def digits(name, half, batch, epochs, *extra, grid=ADAM_GRID) -> Task:
 
 
 def user(name, half, data, batch, epochs, *extra, grid=ADAM_GRID, model="user_tasks:MLP", variance=None, classes=10) -> Task:
-    """A task on a user's data set and model (benchmarks/user_tasks.py), named by import path; digits.yaml gives the rest."""
+    """A task on a user's data set and model (user_tasks.py), named by import path; digits.yaml gives the rest."""
     overrides = (f"data.name=user_tasks:{data}", f"model.name={model}", f"data.batch_size={batch}", f"trainer.epochs={epochs}")
     return Task(name, half, DIGITS[0], overrides + extra, 5, grid, variance, classes)
 

@@ -5,7 +5,7 @@ epochs as the product's run, in a plain PyTorch loop on one device: no Accelerat
 ranks, checkpoints, console or tracking. It validates every epoch and tests at the end, as the
 product does.
 
-    python benchmarks/bare_loop.py --config configs/fashion_mnist.yaml --max-lr 0.01 --out bare.json trainer.epochs=2
+    python -m benchmarks.speed.bare_loop --config configs/fashion_mnist.yaml --max-lr 0.01 --out bare.json trainer.epochs=2
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -21,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from superconverge.config import load_config  # noqa: E402
-from superconverge.data import build_data  # noqa: E402
-from superconverge.models import build_model  # noqa: E402
-from superconverge.schedule import build_optimizer  # noqa: E402
+from benchmarks import common  # noqa: F401  (the product on the path)
+from superconverge.config import load_config
+from superconverge.data import build_data
+from superconverge.models import build_model
+from superconverge.schedule import build_optimizer
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """GPU speed options: resnet9 throughput on CIFAR-shaped random data, product against a bare loop.
 
 Variants fp32, bf16, bf16 + channels_last, bf16 + channels_last + torch.compile, each trained by
-the product (train.py, one process) and by benchmarks/bare_loop.py with the same settings; then the
+the product (train.py, one process) and by bare_loop.py with the same settings; then the
 LR range test's seconds. Throughput is the last epoch's training images/s (after compilation and
-warm-up); "whole run" includes the first epoch's compilation. Run through benchmarks/gpu.sh.
+warm-up); "whole run" includes the first epoch's compilation. Run through benchmarks/speed/gpu.sh.
 Sizes come from the environment so the same script can be checked on a CPU in seconds:
 GPU_BENCH_IMAGES (default 25000), GPU_BENCH_EPOCHS (3), GPU_BENCH_BATCH (512), GPU_BENCH_WORKERS (8),
 GPU_BENCH_MODEL (resnet9).
@@ -15,10 +15,8 @@ import json
 import os
 import shutil
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, SCRATCH, machine_header, read_json, timed  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, SCRATCH, machine_header, read_json, timed
 
 IMAGES = int(os.environ.get("GPU_BENCH_IMAGES", 25000))
 EPOCHS = int(os.environ.get("GPU_BENCH_EPOCHS", 3))
@@ -54,7 +52,7 @@ def product(name: str, overrides: list[str]) -> dict:
 
 def bare(name: str, overrides: list[str]) -> dict:
     out = WORK / f"bare-{name.replace(' ', '')}.json"
-    wall = call([sys.executable, "benchmarks/bare_loop.py", "--config", COMMON[1], "--max-lr", str(MAX_LR), "--out", str(out),
+    wall = call([sys.executable, "-m", "benchmarks.speed.bare_loop", "--config", COMMON[1], "--max-lr", str(MAX_LR), "--out", str(out),
                  *COMMON[2:], *overrides])  # fmt: skip
     found = read_json(out)
     last = found["epochs"][-1]

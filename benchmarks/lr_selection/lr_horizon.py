@@ -1,6 +1,8 @@
 """Does the best max_lr move with the run's length? Why a short probe misses (issue 18).
 
-    .venv/bin/python benchmarks/lr_horizon.py     # ~2 h 25 min on 2 cores (section 2: ~1 h 30 min, 4: ~50 min); needs lr_policies' records
+    .venv/bin/python -m benchmarks.lr_selection.lr_horizon   # ~2 h 25 min on 2 cores (sections 2: ~1 h 30 min, 4: ~50 min)
+
+It needs lr_policies' records (results/lr_policies_runs.json); sections 1 and 3 are computed from them alone.
 
 lr_finder.probe compares candidate max_lrs by short one-cycle runs (30 optimizer steps) and keeps
 the best. That stands for a whole run only if the best max_lr of a short cycle is the best of a long
@@ -23,14 +25,12 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import lr_policies  # noqa: E402
-from common import RESULTS, machine_header  # noqa: E402
-from lr_policies import TASK, Job, _probe_scores, grid_means, load_records, run_all, seeds  # noqa: E402
-from lr_tasks import TASKS, Task  # noqa: E402
+from benchmarks.common import RESULTS, machine_header
+from benchmarks.lr_selection import choosers
+from benchmarks.lr_selection.choosers import best_candidate, halves, probe_pick, rule_regrets
+from benchmarks.lr_selection.lr_tasks import TASKS, Task
+from benchmarks.lr_selection.runs import PROBE_FACTORS, TASK, Job, edge_point, grid_means, load_records, pretrain, run_all, seeds
 
 LENGTHS = {  # task -> other epoch counts to run (its grid at its own epochs is in the records)
     "tab10-nesterov-b2048-e20": (5, 10, 80),
@@ -72,9 +72,9 @@ def offline_table(grid: dict[Job, dict], curves: dict) -> list[str]:
         probe, minimum = [], []
         for seed in seeds(task):
             found = curves[task.name, seed]
-            scores = _probe_scores(found, task.chance_loss is not None)
-            if scores:
-                probe.append(best - math.log10(min(scores, key=lambda s: s[1])[0]))
+            chosen = best_candidate(found, task)
+            if chosen is not None:
+                probe.append(best - math.log10(chosen))
                 minimum.append(best - math.log10(found["lr_at_minimum"]))
         rows.append((task, option(task, "trainer.epochs"), statistics.mean(probe), statistics.mean(minimum)))
     for task, epochs, probe, minimum in sorted(rows, key=lambda r: r[2]):
@@ -97,7 +97,7 @@ def other_lengths(grid: dict[Job, dict]) -> dict[tuple[str, int], dict[float, fl
     while True:
         extra = []
         for name, epochs in lengths:
-            if (point := lr_policies.edge_point(grid_means(TASK[name], runs, f"-e{epochs}", SEEDS))) is not None:
+            if (point := edge_point(grid_means(TASK[name], runs, f"-e{epochs}", SEEDS))) is not None:
                 extra += length_jobs(name, epochs, [point])
         if not extra:
             return {(name, e): grid_means(TASK[name], runs, f"-e{e}", SEEDS) for name, e in lengths}
@@ -105,8 +105,8 @@ def other_lengths(grid: dict[Job, dict]) -> dict[tuple[str, int], dict[float, fl
 
 
 def horizon_table(grid: dict[Job, dict], curves: dict) -> list[str]:
-    rules, _ = lr_policies.candidates()
-    choosers = [rules[lr_policies.DEFAULT + lr_policies.DEFAULT_VARIANT], rules[lr_policies.PRODUCT_PROBE]]
+    rules, _ = choosers.candidates()
+    picking = [rules[choosers.DEFAULT + choosers.DEFAULT_VARIANT], rules[choosers.PRODUCT_PROBE]]
     other = other_lengths(grid)
     lines = ["| task | epochs | optimizer steps | score at max_lr (mean of 2 seeds; the task's own length: its grid's) | best max_lr "
              "| regret: floor_edge | regret: lr_finder.probe |", "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -118,7 +118,7 @@ def horizon_table(grid: dict[Job, dict], curves: dict) -> list[str]:
         for epochs, means in sorted(by_length.items()):
             cells = ", ".join(f"{10**e:.2g}: {100 * v:.1f}" for e, v in means.items())
             # the picks come from the task's own range tests and probes, which do not depend on the run's length
-            regrets = " | ".join(f"{lr_policies.task_regret(chooser, task, curves, means):.2f}" for chooser in choosers)
+            regrets = " | ".join(f"{choosers.task_regret(chooser, task, curves, means):.2f}" for chooser in picking)
             steps = optimizer_steps(task) * epochs // own
             label = f"{epochs} (own)" if epochs == own else f"{epochs}"
             lines.append(f"| {name} | {label} | {steps} | {cells} | {10 ** peak(means):.2g} | {regrets} |")
@@ -147,8 +147,8 @@ def optimizer_steps(task: Task) -> int:
 
 
 def length_corrected(grid: dict[Job, dict], curves: dict) -> list[str]:
-    rules, _ = lr_policies.candidates()
-    default = rules[lr_policies.DEFAULT + lr_policies.DEFAULT_VARIANT]
+    rules, _ = choosers.candidates()
+    default = rules[choosers.DEFAULT + choosers.DEFAULT_VARIANT]
     grids = {task.name: grid_means(task, grid) for task in TASKS}
     steps = [optimizer_steps(task) for task in TASKS]
     lines = [f"Runs of {min(steps)}-{max(steps)} optimizer steps. Regret in points (grid-scored, as lr_policies' select phase).", "",
@@ -159,7 +159,7 @@ def length_corrected(grid: dict[Job, dict], curves: dict) -> list[str]:
             lr = default(found, task)
             return None if lr is None else lr * (optimizer_steps(task) / 100) ** beta
 
-        cells = lr_policies.halves(lr_policies.rule_regrets(scaled, curves, grids))
+        cells = halves(rule_regrets(scaled, curves, grids))
         lines.append(f"| {beta:g} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
     return lines
 
@@ -173,14 +173,12 @@ SHORT_EXTRA = ("lr_finder.probe=true", f"lr_finder.probe_factors=[{','.join(map(
 
 def best_factor(found: dict, task: Task) -> float | None:
     """The probe's best candidate over the range test's pick, as the product judges."""
-    scores = _probe_scores(found, task.chance_loss is not None)
-    if not scores:
-        return None
-    return min(scores, key=lambda s: s[1])[0] / lr_policies.probe_pick(found)
+    chosen = best_candidate(found, task)
+    return None if chosen is None else chosen / probe_pick(found)
 
 
 def two_lengths(grid: dict[Job, dict], curves: dict) -> list[str]:
-    lr_policies.pretrain()  # the fine-tune tasks' backbone, if this checkout has not made it yet
+    pretrain()  # the fine-tune tasks' backbone, if this checkout has not made it yet
     jobs = [Job("curve", t.name, seed, label=f"-wide{SHORT_STEPS}", extra=SHORT_EXTRA) for t in TASKS for seed in range(SHORT_SEEDS)]
     short = {(job.task, job.seed): found for job, found in run_all(jobs).items()}
     factors = {key: (best_factor(found, TASK[key[0]]), best_factor(curves[key], TASK[key[0]])) for key, found in short.items()}
@@ -196,9 +194,9 @@ def two_lengths(grid: dict[Job, dict], curves: dict) -> list[str]:
             if at15 is None or at30 is None:
                 return found.get("max_lr")
             doublings = math.log2(optimizer_steps(task) / 30)
-            return _probe_scores(found, False)[0][0] * at30 * (at30 / at15) ** (doublings * damping)
+            return probe_pick(found) * at30 * (at30 / at15) ** (doublings * damping)
 
-        cells = lr_policies.halves(lr_policies.rule_regrets(extrapolated, curves, grids))
+        cells = halves(rule_regrets(extrapolated, curves, grids))
         lines.append(f"| {damping:g} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
     growth = [at30 / at15 for at15, at30 in factors.values() if at15 and at30]
     counts = {g: sum(1 for x in growth if round(x, 2) == g) for g in sorted({round(x, 2) for x in growth})}
@@ -219,8 +217,9 @@ def main() -> None:
         "## 1. The 30-step probe's best candidate against the grid's best at the run's own length (from lr_policies' records)",
         "",
         "Means over each task's seeds; the grid's best is the vertex of a parabola through its best point and neighbours "
-        "(in log10 max_lr); the probe's candidates are x{1, 1.6, 2.5, 4, 6, 10} of floor_edge's pick, judged as "
-        "lr_finder.probe_metric auto judges. Positive: the whole run wants more than the probe chose.",
+        f"(in log10 max_lr); the probe's candidates are x{{{', '.join(f'{f:g}' for f in PROBE_FACTORS)}}} of "
+        f"{choosers.PRODUCT.policy}'s pick, judged as lr_finder.probe_metric {choosers.PRODUCT.probe_metric} judges. Positive: the "
+        "whole run wants more than the probe chose.",
         "",
         *offline_table(grid, curves),
         "",

@@ -4,14 +4,13 @@ and for an image folder of 224-px JPEGs (decoded by PIL, image by image), images
 worker and in total, against what a GPU consumes, so the README can say how many cores per GPU
 an image-folder run needs.
 
-    .venv/bin/python benchmarks/data_pipeline.py            # writes benchmarks/results/data_pipeline.md
+    .venv/bin/python -m benchmarks.speed.data_pipeline      # ~1 min; writes benchmarks/results/data_pipeline.md
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,13 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from superconverge.config import load_config  # noqa: E402
-from superconverge.data import build_data  # noqa: E402
-from superconverge.models import build_model  # noqa: E402
-from superconverge.schedule import build_optimizer  # noqa: E402
+from benchmarks.common import RESULTS, ROOT
+from superconverge.config import load_config
+from superconverge.data import build_data
+from superconverge.models import build_model
+from superconverge.schedule import build_optimizer
 
 CONFIGS = ["configs/fashion_mnist.yaml", "configs/digits.yaml"]
 SECONDS = 8.0
@@ -44,7 +41,7 @@ GPU_CONSUMPTION = {
 }
 
 
-def timed(step, seconds: float = SECONDS) -> float:
+def images_per_second(step, seconds: float = SECONDS) -> float:
     """Images per second of ``step`` (which returns how many images it handled), after a warm-up."""
     for _ in range(3):
         step()
@@ -70,7 +67,7 @@ def loader_rate(cfg, data) -> float:
             images = data.train_transform(images, generator)
         return images.shape[0]
 
-    return timed(step)
+    return images_per_second(step)
 
 
 def training_rate(cfg, data) -> float:
@@ -89,7 +86,7 @@ def training_rate(cfg, data) -> float:
         optimizer.zero_grad(set_to_none=True)
         return cfg.data.batch_size
 
-    return timed(step)
+    return images_per_second(step)
 
 
 def make_jpeg_folder(root: Path) -> None:
@@ -165,7 +162,7 @@ def main() -> None:
         "|---|---|---|",
         *[f"| {name} | {rate:,} | {rate / per_worker:.0f} |" for name, rate in GPU_CONSUMPTION.items()],
     ]
-    out = ROOT / "benchmarks" / "results" / "data_pipeline.md"
+    out = RESULTS / "data_pipeline.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(header + rows + folder) + "\n")
     print(f"wrote {out}")

@@ -4,25 +4,21 @@
 The real ``CheckpointStore.save`` on one CPU process with the default job's model and AdamW; the
 trace's share is what grows with the run (an ImageNet-length run has ~450k steps).
 
-    .venv/bin/python benchmarks/checkpoint_cost.py     # ~1 min; writes results/checkpoint_cost.md
+    .venv/bin/python -m benchmarks.speed.checkpoint_cost     # ~1 min; writes results/checkpoint_cost.md
 """
 
 from __future__ import annotations
 
 import shutil
 import statistics
-import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SCRATCH, machine_header  # noqa: E402
-
-from superconverge.checkpoint import STATE_FILE, CheckpointStore  # noqa: E402
-from superconverge.models import small_cnn  # noqa: E402
-from superconverge.run_dir import StepTrace  # noqa: E402
-from superconverge.trainer import TrainState  # noqa: E402
+from benchmarks.common import RESULTS, SCRATCH, machine_header
+from superconverge.checkpoint import STATE_FILE, CheckpointStore
+from superconverge.models import small_cnn
+from superconverge.run_dir import StepTrace
+from superconverge.trainer import TrainState
 
 WORK = SCRATCH / "checkpoint_cost"
 STEPS = (1_000, 100_000)

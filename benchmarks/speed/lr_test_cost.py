@@ -4,18 +4,15 @@ Every rank runs its own micro-batches of each global batch through the DDP model
 per-process batch the time per iteration should not grow with the number of processes (target:
 2 processes <= 1.3x one), and the whole test should be <= 5 % of the default run.
 
-    .venv/bin/python benchmarks/lr_test_cost.py     # ~10 min on 2 cores; writes results/lr_test_cost.md
+    .venv/bin/python -m benchmarks.speed.lr_test_cost     # ~10 min on 2 cores; writes results/lr_test_cost.md
 """
 
 from __future__ import annotations
 
 import shutil
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LAUNCH_ONE_CPU, RESULTS, SCRATCH, machine_header, read_json, timed  # noqa: E402
+from benchmarks.common import LAUNCH_ONE_CPU, RESULTS, SCRATCH, machine_header, read_json, timed
 
 CONFIG = "configs/fashion_mnist.yaml"
 NUM_ITERS = (50, 100, 200, 400)

@@ -1,6 +1,6 @@
 """Weight decay on norm weights and biases, or not (optimizer.decay_norm_and_bias)? Paired real runs.
 
-    .venv/bin/python benchmarks/decay_norm_bias.py    # ~20 min on 2 cores after benchmarks/lr_probe.py (whose runs it reuses)
+    .venv/bin/python -m benchmarks.lr_selection.decay_norm_bias    # ~20 min on 2 cores after lr_probe (whose runs it reuses)
 
 For every task x seed of ``lr_tasks.py``: the product as a user runs it with ``decay_norm_and_bias=false``
 (its own range test, then one cycle at its pick), against the same with the default ``true`` (the
@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_header, write_paired_report  # noqa: E402
-from lr_policies import Job, accuracy, run_all, seeds  # noqa: E402
-from lr_tasks import TASKS  # noqa: E402
+from benchmarks.common import machine_header, write_paired_report
+from benchmarks.lr_selection.lr_tasks import TASKS
+from benchmarks.lr_selection.runs import Job, accuracy, run_all, seeds
 
 OFF = ("optimizer.decay_norm_and_bias=false",)
 
@@ -44,7 +41,7 @@ def main() -> None:
         "",
         machine_header(),
         "",
-        "For every task x seed of `benchmarks/lr_tasks.py`: the range test and a one-cycle run at its `floor_edge` pick, with "
+        "For every task x seed of `benchmarks/lr_selection/lr_tasks.py`: the range test and a one-cycle run at its `floor_edge` pick, with "
         "`optimizer.decay_norm_and_bias` true (the default) and false. Test accuracy, mean over seeds; difference = off - on.",
         "",
         "| half | task | weight decay | max_lr on (geo-mean) | max_lr off | acc % on | acc % off | difference |",

@@ -2,12 +2,12 @@
 
 Product: `python train.py` (one process) with the default config (Accelerate, one-cycle, exact
 metrics, per-epoch checkpoints, plain console lines, offline W&B) and a fixed max_lr (the range
-test's cost is measured by lr_test_cost.py). Bare: benchmarks/bare_loop.py, the same model, data,
+test's cost is measured by lr_test_cost.py). Bare: bare_loop.py, the same model, data,
 augmentation, optimizer, schedule, batch and epochs. Both with the same threads, alternated
 A B A B; medians of the per-pair ratios. `accelerate launch` in front of train.py adds a fixed
 cost of its own (its Python start), measured once and reported beside.
 
-    .venv/bin/python benchmarks/overhead.py        # ~12 min on 2 cores; writes results/overhead.md
+    .venv/bin/python -m benchmarks.speed.overhead        # ~12 min on 2 cores; writes results/overhead.md
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ import shutil
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LAUNCH_ONE_CPU, RESULTS, SCRATCH, machine_header, read_json, timed  # noqa: E402
+from benchmarks.common import LAUNCH_ONE_CPU, RESULTS, SCRATCH, machine_header, read_json, timed
 
 CONFIG = "configs/fashion_mnist.yaml"
 MAX_LR = 0.01
@@ -41,7 +39,7 @@ def product(epochs: int, index: int, prefix: list[str]) -> tuple[float, dict]:
 
 def bare(epochs: int, index: int, prefix: list[str]) -> tuple[float, dict]:
     out = WORK / f"bare-{index}.json"
-    seconds = timed(prefix + [sys.executable, "benchmarks/bare_loop.py", "--config", CONFIG, "--max-lr", str(MAX_LR),
+    seconds = timed(prefix + [sys.executable, "-m", "benchmarks.speed.bare_loop", "--config", CONFIG, "--max-lr", str(MAX_LR),
                               "--out", str(out), f"trainer.epochs={epochs}"])  # fmt: skip
     return seconds, read_json(out)
 
@@ -105,7 +103,7 @@ def main() -> None:
         "",
         f"`{CONFIG}` (small CNN, full Fashion-MNIST: 54k train, 6k validation, 10k test, batch 128), {args.epochs} epochs, "
         f"max_lr {MAX_LR} fixed, one process with one thread each side. Product: `python train.py` with per-epoch "
-        "checkpoints, plain console lines and offline W&B; bare: `benchmarks/bare_loop.py`. Wall = the whole process from "
+        "checkpoints, plain console lines and offline W&B; bare: `benchmarks/speed/bare_loop.py`. Wall = the whole process from "
         "start to exit (imports, data, every epoch's validation, the test). Training throughput = images/s over the "
         "training batches only. Ratios > 1 mean the product is slower. Starting train.py through `accelerate launch` "
         f"instead of `python` adds {launcher:.1f} s (Accelerate's launcher process), not counted here.",

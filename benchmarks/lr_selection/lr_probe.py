@@ -1,6 +1,6 @@
 """Does the LR probe (lr_finder.probe) pick a better max_lr than the rule it starts from? Paired real runs.
 
-    .venv/bin/python benchmarks/lr_probe.py          # ~25 min on 2 cores; cached under benchmarks/results/tmp/lr_policies/
+    .venv/bin/python -m benchmarks.lr_selection.lr_probe     # ~25 min on 2 cores; cached under benchmarks/results/tmp/lr_policies/
 
 For every task x seed of ``lr_tasks.py``: one range test with the probe (its record holds both the
 rule's pick and the probe's), then one-cycle runs at each pick. The probe's constants (factors 1,
@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_header, write_paired_report  # noqa: E402
-from lr_policies import Job, accuracy, run_all, seeds  # noqa: E402
-from lr_tasks import TASKS  # noqa: E402
+from benchmarks.common import machine_header, write_paired_report
+from benchmarks.lr_selection.lr_tasks import TASKS
+from benchmarks.lr_selection.runs import Job, accuracy, run_all, seeds
 
 # The probe's first constants (round 1, 12 tasks); lr_policies.py chose the defaults since, on 20 tasks.
 PROBE = ("lr_finder.probe=true", "lr_finder.probe_factors=[1,2.5,6]", "lr_finder.probe_steps=50")
@@ -47,7 +44,7 @@ def main() -> None:
         "",
         machine_header(),
         "",
-        "For every task x seed of `benchmarks/lr_tasks.py`: the range test with `lr_finder.probe=true` (candidates: the "
+        "For every task x seed of `benchmarks/lr_selection/lr_tasks.py`: the range test with `lr_finder.probe=true` (candidates: the "
         "`floor_edge` pick x 1, 2.5 and 6, each trained 50 optimizer steps of one cycle from the same weights, kept by "
         "validation loss), then a full one-cycle run at the rule's pick and one at the probe's. Accuracy on the test split, "
         "mean over seeds; difference = probe - rule in points (positive: the probe helps). The probe's constants were fixed "

@@ -8,13 +8,13 @@ images, the same batched flips and normalisation) with AdamW (weight decay 0.05)
 - Lightning: `Tuner.lr_find` suggestion, OneCycleLR stepped per step, DDP on 2 CPU processes;
 - fastai: `lr_find` valley, `fit_one_cycle` (1 process, 2 threads);
 - the seed blog's plain loop: torch-lr-finder's steepest suggestion, OneCycleLR per batch (1 process, 2 threads);
-- `benchmarks/bare_loop.py` at superconverge's max_lr (no range test; 1 process, 2 threads).
+- `bare_loop.py` at superconverge's max_lr (no range test; 1 process, 2 threads).
 
 Wall and CPU seconds (the system's whole process tree) over alternated rounds. Lightning and fastai
 come from the optional `[peers]` extra, in any environment that has them:
 
     pip install -e '.[peers]'
-    python benchmarks/peers.py --rounds 2        # writes benchmarks/results/peers.md
+    python -m benchmarks.speed.peers --rounds 2        # writes benchmarks/results/peers.md
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-from superconverge.config import load_config  # noqa: E402
-from superconverge.data import build_data  # noqa: E402
-from superconverge.models import build_model  # noqa: E402
+from benchmarks.common import RESULTS, ROOT
+from superconverge.config import load_config
+from superconverge.data import build_data
+from superconverge.models import build_model
 
 CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
 GLOBAL_BATCH, WEIGHT_DECAY, PCT_START = 256, 0.05, 0.25
@@ -232,14 +231,14 @@ def run_system(name: str, work: Path, launcher_max_lr: float | None) -> dict:
         found = json.loads((run_dir / "summary.json").read_text())
         result = {"max_lr": found["max_lr"], "range_test_seconds": found["lr_finder_seconds"], "test_acc": found["test_acc"]}
     elif name == "bare_loop":
-        command = [py, "benchmarks/bare_loop.py", "--config", str(CONFIG), "--max-lr", str(launcher_max_lr), "--out", str(out),
+        command = [py, "-m", "benchmarks.speed.bare_loop", "--config", str(CONFIG), "--max-lr", str(launcher_max_lr), "--out", str(out),
                    "data.batch_size=256", f"trainer.epochs={EPOCHS}"]  # fmt: skip
         wall, cpu = measured(command, {**env, "OMP_NUM_THREADS": "2"})
         found = json.loads(out.read_text())
         result = {"max_lr": launcher_max_lr, "range_test_seconds": 0.0, "test_acc": found["test_acc"]}
     else:  # 2 threads in one process, or 1 thread in each of Lightning's 2 DDP processes (as accelerate launch sets)
         threads = "1" if name == "lightning" else "2"
-        wall, cpu = measured([py, __file__, "--system", name, "--out", str(out)], {**env, "OMP_NUM_THREADS": threads})
+        wall, cpu = measured([py, "-m", "benchmarks.speed.peers", "--system", name, "--out", str(out)], {**env, "OMP_NUM_THREADS": threads})
         result = json.loads(out.read_text())
     return {**result, "wall": wall, "cpu": cpu}
 
@@ -290,7 +289,7 @@ def main() -> None:
                 work.mkdir()
                 results[name].append(run_system(name, work, launcher_max_lr))
                 print(name, results[name][-1], flush=True)
-    out = ROOT / "benchmarks" / "results" / "peers.md"
+    out = RESULTS / "peers.md"
     out.write_text(report(results, args.rounds))
     print(f"wrote {out}")
 

@@ -5,18 +5,15 @@ all-reduce of the loss per iteration and torch-lr-finder's bookkeeping. Target: 
 within 15 % of training (ratio >= 0.85). Training images/s is the trainer's own figure over its
 training batches; the range test's is global images over its seconds.
 
-    .venv/bin/python benchmarks/lr_test_speed.py     # ~4 min on 2 cores; writes results/lr_test_speed.md
+    .venv/bin/python -m benchmarks.speed.lr_test_speed     # ~4 min on 2 cores; writes results/lr_test_speed.md
 """
 
 from __future__ import annotations
 
 import shutil
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LAUNCH_ONE_CPU, RESULTS, SCRATCH, machine_header, read_json, timed  # noqa: E402
+from benchmarks.common import LAUNCH_ONE_CPU, RESULTS, SCRATCH, machine_header, read_json, timed
 
 CONFIG = "configs/fashion_mnist.yaml"
 ROUNDS = 5

@@ -2,7 +2,7 @@
 # GPU correctness smoke for the training path (not a speed benchmark): the LR range test and
 # one-cycle training on CUDA in bf16 and fp16 (real GradScaler), then resnet9 in bf16 +
 # channels_last. Writes a summary table to $OUT (default benchmarks/results/).
-# Usage on a GPU machine with PyTorch: bash benchmarks/gpu_smoke.sh
+# Usage on a GPU machine with PyTorch, from the repository root: bash benchmarks/speed/gpu_smoke.sh
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
 PY=${PY:-python3}
