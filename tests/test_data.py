@@ -169,29 +169,6 @@ def test_auto_workers_only_for_images_decoded_one_by_one(tmp_path, monkeypatch):
         os.sched_setaffinity(0, allowed)
 
 
-def tiny_cifar_archive(folder: Path, per_batch: int = 40) -> Path:
-    """A CIFAR-10 archive in the python format (pickled dicts of uint8 rows), small enough to serve in a test."""
-    import io
-    import pickle
-    import tarfile
-
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    archive = folder / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-        entries = {name: {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), "labels": list(range(10)) * (per_batch // 10)}
-                   for name in names}  # fmt: skip
-        entries["batches.meta"] = {"label_names": [f"class{i}" for i in range(10)]}
-        for name, entry in entries.items():
-            payload = pickle.dumps(entry, protocol=2)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return archive
-
-
 def test_a_mirrored_cifar_batch_may_not_run_code(tmp_path):
     import pickle
 

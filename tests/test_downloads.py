@@ -6,9 +6,8 @@ import json
 import pytest
 import torch
 import torchvision
-from conftest import ROOT, run, summary
+from conftest import ROOT, run, summary, tiny_cifar_archive
 from local_server import CountingServer
-from test_data import tiny_cifar_archive
 
 SHUFFLENET = torchvision.models.get_model_weights("shufflenet_v2_x0_5").DEFAULT
 MOBILENET = torchvision.models.get_model_weights("mobilenet_v2").DEFAULT

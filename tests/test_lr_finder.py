@@ -6,12 +6,10 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, run, summary
+from conftest import FAST, ROOT, run, summary
 
 REPORT = "tests/workers/report_worker.py"
 RANGE_TEST = "tests/workers/range_test_worker.py"
-FAST = ["schedule.max_lr=auto", "lr_finder.num_iter=40", "lr_finder.sweep_iter=40", "lr_finder.skip_start=4", "lr_finder.skip_end=2",
-        "lr_finder.start_lr=1e-5", "lr_finder.end_lr=1"]  # fmt: skip
 
 
 def reports(folder) -> list[dict]:

@@ -2,27 +2,10 @@
 
 import signal
 import subprocess
-import time
 
-import psutil
-from conftest import ROOT, history, launch_command, run, summary
-from test_resume import assert_same_run
+from conftest import ROOT, assert_same_run, history, launch_command, run, summary, wait_for_epochs, workers
 
 from superconverge.errors import ExitCode
-
-
-def workers(launcher: subprocess.Popen) -> list[psutil.Process]:
-    return [p for p in psutil.Process(launcher.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
-
-
-def wait_for_epochs(run_dir, count: int, launcher: subprocess.Popen, limit: float = 120) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline and launcher.poll() is None:
-        path = run_dir / "metrics.jsonl"
-        if path.exists() and len(path.read_text().splitlines()) >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the run never reached the epoch to interrupt")
 
 
 def test_signal_on_one_rank_stops_all_ranks_and_resume_matches(digits_args, tmp_path):

@@ -5,28 +5,9 @@ import subprocess
 import time
 
 import pytest
-from conftest import ROOT, history, launch_command, lr_trace, run, summary
-from safetensors.torch import load_file
+from conftest import ROOT, assert_same_run, history, launch_command, run, summary
 
 from superconverge.checkpoint import CheckpointStore, validate_checkpoint
-
-
-def final_weights(run_dir):
-    return load_file(str(CheckpointStore(run_dir / "checkpoints").link("last") / "model.safetensors"))
-
-
-def assert_same_run(a, b):
-    wa, wb = final_weights(a), final_weights(b)
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert (wa[key] == wb[key]).all(), key
-    assert lr_trace(a) == lr_trace(b)
-    timings = {"seconds", "train_images_per_second"}
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in timings} for r in rows]  # noqa: E731
-    assert strip(history(a)) == strip(history(b))
-    sa, sb = summary(a), summary(b)
-    for key in ("optimizer_steps", "final_lr", "test_acc", "best_val_acc", "epochs_completed"):
-        assert sa[key] == sb[key], key
 
 
 @pytest.mark.parametrize(("world", "stop"), [(1, "trainer.stop_after_epochs=1"), (2, "trainer.stop_after_steps=7")])

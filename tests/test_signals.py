@@ -7,8 +7,7 @@ import sys
 import time
 
 import psutil
-from conftest import ROOT, history, launch_command, run, summary
-from test_preemption import wait_for_epochs, workers
+from conftest import ROOT, history, launch_command, run, summary, wait_for_epochs, workers
 
 from superconverge.errors import ExitCode
 from superconverge.signals import StopSignals

@@ -5,8 +5,7 @@ import json
 import pytest
 import torch
 import torchvision
-from conftest import run, summary
-from test_lr_finder import FAST
+from conftest import FAST, run, summary
 
 from superconverge.config import OptimizerConfig
 from superconverge.models import small_cnn

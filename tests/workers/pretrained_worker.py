@@ -4,12 +4,12 @@ it holds the served weights and that it is one rank of a real process group.
 Usage: pretrained_worker.py EXPECTED_WORLD_SIZE SERVED_FILE REPORT_DIR train.py-arguments...
 """
 
-import json
 import sys
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from reporting import check_world, write_report
 
 from superconverge.cli import prepare_inputs
 
@@ -22,15 +22,14 @@ def main() -> None:
     own = model.state_dict()
     body = [key for key in reference if not key.startswith("fc.")]
     accelerator = Accelerator(cpu=True)
-    assert accelerator.num_processes == expected, f"world size {accelerator.num_processes}, expected {expected}"
+    check_world(accelerator, expected)
     report = {
         "rank": accelerator.process_index,
         "world_size": accelerator.num_processes,
         "body_equal": all(torch.equal(own[key], reference[key]) for key in body),
         "head_classes": own["fc.weight"].shape[0],
     }
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps(report))
+    write_report(report_dir, accelerator, report)
     accelerator.end_training()
 
 

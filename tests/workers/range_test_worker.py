@@ -4,11 +4,11 @@ Usage: range_test_worker.py EXPECTED_WORLD_SIZE REPORT_DIR lr_find.py-arguments.
 """
 
 import copy
-import json
 import sys
 from pathlib import Path
 
 import torch
+from reporting import check_world, write_report
 
 from superconverge.cli import make_accelerator, prepare_inputs
 from superconverge.console import RunConsole
@@ -22,7 +22,7 @@ def main() -> None:
     cfg, task = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"))
     accelerator = make_accelerator(cfg)
     # Proves this is one distributed job, not N independent single-process runs.
-    assert accelerator.num_processes == expected, f"world size {accelerator.num_processes}, expected {expected}"
+    check_world(accelerator, expected)
     assert torch.distributed.is_initialized() == (expected > 1)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     model = prepare_model(cfg, accelerator, task.model)
@@ -47,8 +47,7 @@ def main() -> None:
         "probe_losses": choice.probe.losses,
         "policy": choice.policy,
     }
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps(report))
+    write_report(report_dir, accelerator, report)
     accelerator.end_training()
 
 

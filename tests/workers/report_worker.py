@@ -3,12 +3,12 @@
 Usage: report_worker.py EXPECTED_WORLD_SIZE REPORT_DIR train.py-arguments...
 """
 
-import json
 import sys
 from pathlib import Path
 
 import torch
 from accelerate.utils import is_compiled_module
+from reporting import check_world, write_report
 
 from superconverge.cli import build_trainer
 from superconverge.signals import StopSignals
@@ -23,7 +23,7 @@ def main() -> None:
 def report(expected: int, report_dir: Path, trainer) -> None:
     accelerator = trainer.accelerator
     # Proves this is one distributed job, not N independent single-process runs.
-    assert accelerator.num_processes == expected, f"world size {accelerator.num_processes}, expected {expected}"
+    check_world(accelerator, expected)
     assert torch.distributed.is_initialized() == (expected > 1)
     summary = trainer.fit()
     flat = torch.cat([p.detach().float().flatten() for p in accelerator.unwrap_model(trainer.model).parameters()])
@@ -52,8 +52,7 @@ def report(expected: int, report_dir: Path, trainer) -> None:
         "compiled": is_compiled_module(trainer.model),
         "optimizer_steps": summary.optimizer_steps,
     }
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps(report))
+    write_report(report_dir, accelerator, report)
     trainer.close()
 
 

@@ -6,11 +6,11 @@ optimizer step pre-hook records every step's per-group LRs, each tagged with the
 Usage: step_worker.py EXPECTED_WORLD_SIZE REPORT_DIR train.py-arguments...
 """
 
-import json
 import sys
 from pathlib import Path
 
 import torch
+from reporting import check_world, write_report
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -47,7 +47,7 @@ def main() -> None:
     with StopSignals() as stop:
         trainer = cli.build_trainer(argv, stop)
         accelerator = trainer.accelerator
-        assert accelerator.num_processes == expected, f"world size {accelerator.num_processes}, expected {expected}"
+        check_world(accelerator, expected)
         groups = [{"weight_decay": g["weight_decay"], "lr_scale": g["lr_scale"], "params": len(g["params"])}
                   for g in trainer.optimizer.param_groups]  # fmt: skip
         weights = {k: v.clone() for k, v in accelerator.unwrap_model(trainer.model).state_dict().items()}
@@ -61,8 +61,7 @@ def main() -> None:
             "optimizer_steps": summary.optimizer_steps,
             "max_lr": summary.max_lr,
         }
-        report_dir.mkdir(parents=True, exist_ok=True)
-        (report_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps(report))
+        write_report(report_dir, accelerator, report)
         torch.save(weights, report_dir / f"weights_after_range_test{accelerator.process_index}.pt")
         trainer.close()
 
