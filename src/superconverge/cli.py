@@ -25,8 +25,9 @@ from superconverge.batches import BatchLayout
 from superconverge.checkpoint import check_fits, resolve_resume, validate_checkpoint
 from superconverge.config import MOOT_ON_RESUME, Config, ConfigError, config_yaml, describe_changes, load_config, resume_changes
 from superconverge.console import RunConsole
-from superconverge.errors import ExitCode, UserError, report_error, report_error_on_every_rank
+from superconverge.errors import ExitCode, UserError, report_error, report_error_on_every_rank, say
 from superconverge.lr_finder import MaxLRChoice, find_max_lr
+from superconverge.records import RunSummary, StopReason
 from superconverge.run_dir import RunDir
 from superconverge.signals import StopSignals
 from superconverge.task import Task, build_task
@@ -153,10 +154,10 @@ def check_config_unchanged(cfg: Config, resume_from: Path, resume_state: TrainSt
             "schedule, data and model it started with. Put these back, or start a new run with trainer.resume=none "
             "or another output_dir"
         )
-    if applied and os.environ.get("RANK", "0") == "0":
+    if applied:
         moot = any(key.startswith(MOOT_ON_RESUME) for key in applied)
         note = " (lr_finder settings do not act on a resumed run: it keeps its max_lr)" if moot else ""
-        print(f"superconverge: resuming with {describe_changes(applied)}{note}", file=sys.stderr, flush=True)
+        say(f"resuming with {describe_changes(applied)}{note}")
 
 
 def check_output_dir(path: Path) -> None:
@@ -178,18 +179,14 @@ def check_compiler(cfg: Config) -> None:
 class StoppedBeforeTraining(Exception):
     """A stop signal (or a dead launcher) arrived before the training loop: nothing to checkpoint yet."""
 
-    def __init__(self, stage: str) -> None:
-        super().__init__(f"stopped on a signal during {stage}, before training; a rerun starts this stage again")
-        self.stage = stage
-
 
 def stop_if_requested(stop: StopSignals, accelerator: Accelerator, run_dir: RunDir, stage: str) -> None:
     """Between start-up stages: a stop request ends the run here on every rank, marked for requeue."""
     if not stop.agreed(accelerator):
         return
-    run_dir.write_summary({"completed": False, "preempted": True, "stopped_during": stage, "run_dir": str(run_dir.path)})
+    run_dir.write_summary(RunSummary.before_training(stage, str(run_dir.path)))
     run_dir.close()
-    raise StoppedBeforeTraining(stage)
+    raise StoppedBeforeTraining(f"stopped on a signal during {stage}, before training; a rerun starts this stage again")
 
 
 def build_trainer(argv: list[str] | None, stop: StopSignals) -> Trainer:
@@ -227,9 +224,11 @@ def batch_layout(cfg: Config, accelerator: Accelerator, resume_state: TrainState
     before = BatchLayout.from_record(resume_state.batch_layouts[-1])
     layout = BatchLayout.keeping(before.global_batch, world, cfg.data.batch_size, cfg.trainer.grad_accum_steps)
     accelerator.gradient_accumulation_steps = layout.accum
-    if layout != before and accelerator.is_main_process:
-        print(f"superconverge: resuming at the checkpoint's global batch of {layout.global_batch} on {layout.describe()} "
-              f"(it ran on {before.describe()}); the schedule and data order continue unchanged", file=sys.stderr, flush=True)  # fmt: skip
+    if layout != before:
+        say(
+            f"resuming at the checkpoint's global batch of {layout.global_batch} on {layout.describe()} "
+            f"(it ran on {before.describe()}); the schedule and data order continue unchanged"
+        )
     return layout
 
 
@@ -262,25 +261,25 @@ def main(argv: list[str] | None = None) -> int:
             trainer = build_trainer(argv, stop)
             summary = trainer.fit()
             trainer.close()
-            if not trainer.preempted:
-                return 0
-            if os.environ.get("RANK", "0") == "0":
-                print(f"superconverge: stopped on {stop.reason} at optimizer step {summary.optimizer_steps} of "
-                      f"{summary.total_optimizer_steps} (checkpoint saved in {summary.run_dir}/checkpoints/last); the same "
-                      "command continues the run", file=sys.stderr, flush=True)  # fmt: skip
-            return stop.exit_code
+            if summary.stop_reason is not StopReason.PREEMPTED:
+                return summary.stop_reason.exit_code
+            say(
+                f"stopped on {stop.reason} at optimizer step {summary.optimizer_steps} of {summary.total_optimizer_steps} "
+                f"(checkpoint saved in {summary.run_dir}/checkpoints/last); the same command continues the run"
+            )
+            return stop.exit_code  # Ctrl-C's own code, else the requeue code
         except StoppedBeforeTraining as exc:
-            print(f"superconverge: {exc}", file=sys.stderr, flush=True)
+            say(str(exc))
             return stop.exit_code
         except UserError as exc:
             report_error_on_every_rank(f"superconverge: error: {exc}")
-            return 2
+            return ExitCode.BAD_INPUT
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
             report_error(f"superconverge: error: no space left on the device of {exc.filename or 'the run directory'}: free some "
                          "space and rerun to resume from the last checkpoint")  # fmt: skip
-            return 2
+            return ExitCode.BAD_INPUT
 
 
 def lr_find_main(argv: list[str] | None = None) -> int:
@@ -298,8 +297,8 @@ def lr_find_main(argv: list[str] | None = None) -> int:
         accelerator.end_training()
     except UserError as exc:
         report_error_on_every_rank(f"superconverge lr-find: error: {exc}")
-        return 2
-    return 0
+        return ExitCode.BAD_INPUT
+    return ExitCode.DONE
 
 
 def print_suggestions(choice: MaxLRChoice, run_dir: Path) -> None:

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from superconverge.config import ConsoleConfig
-from superconverge.records import EpochRecord, RunSummary
+from superconverge.records import EpochRecord, Metric, RunSummary
 
 EPOCH_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "best")
 LOSS_ONLY = ("train_acc", "val_acc")  # columns a task without accuracy leaves out
@@ -136,7 +136,7 @@ class RunConsole:
             self.progress.stop()
             self.progress = None
         scores = {"best val loss": summary.best_val_loss, "test loss": summary.test_loss}
-        if summary.monitor == "val_acc":
+        if summary.monitor == Metric.VAL_ACC:
             scores = {"best val acc": summary.best_val_acc, "test acc": summary.test_acc}
         facts = {
             **{name: _fmt(value) for name, value in scores.items()},

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from accelerate.utils import broadcast_object_list
 from superconverge import jsonfile
 from superconverge.checkpoint import CHECKPOINTS_DIR, CheckpointError, CheckpointStore
 from superconverge.config import Config, save_config
-from superconverge.records import EpochRecord
+from superconverge.errors import say
+from superconverge.records import EpochRecord, RunSummary
 
 
 class RunLock:
@@ -61,15 +61,13 @@ class StepTrace:
     def __init__(self, path: Path, is_main: bool) -> None:
         self.path, self.is_main, self.pending = path, is_main, []
 
-    def start(self, steps: int, carried: list[tuple[float, float]] | None = None) -> None:
-        """Continue after ``steps`` optimizer steps (0: a new run); ``carried``: an older checkpoint's own trace."""
+    def start(self, steps: int) -> None:
+        """Continue after ``steps`` optimizer steps (0: a new run)."""
         if not self.is_main:
             return
         lines = self.path.read_text().splitlines()[:steps] if self.path.is_file() and steps else []
-        lines = [_trace_line(lr, momentum) for lr, momentum in carried] if carried else lines
         if len(lines) != steps:
-            print(f"superconverge: warning: {self.path} holds {len(lines)} of the {steps} steps before this checkpoint; "
-                  "lr_trace.json will lack them", file=sys.stderr, flush=True)  # fmt: skip
+            say(f"warning: {self.path} holds {len(lines)} of the {steps} steps before this checkpoint; lr_trace.json will lack them")
         self.path.write_text("".join(line + "\n" for line in lines))
 
     def record(self, lr: float, momentum: float) -> None:
@@ -132,9 +130,9 @@ class RunDir:
             with open(self.path / "metrics.jsonl", "a") as handle:
                 handle.write(jsonfile.dumps(asdict(record)) + "\n")
 
-    def write_summary(self, summary: dict) -> None:
+    def write_summary(self, summary: RunSummary) -> None:
         if self.is_main:
-            (self.path / "summary.json").write_text(jsonfile.dumps(summary, indent=2))
+            (self.path / "summary.json").write_text(jsonfile.dumps(asdict(summary), indent=2))
 
     def write_lr_trace(self, trace: dict) -> None:
         if self.is_main:

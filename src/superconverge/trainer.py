@@ -24,7 +24,7 @@ from superconverge.errors import UserError
 from superconverge.lr_finder import MaxLRChoice
 from superconverge.metrics import EarlyStopping, SplitTotals
 from superconverge.plots import refresh_metrics
-from superconverge.records import EpochRecord, RunSummary
+from superconverge.records import EpochRecord, RunSummary, StopReason
 from superconverge.run_dir import RunDir
 from superconverge.schedule import build_one_cycle, build_optimizer, current_momentum, group_max_lrs
 from superconverge.signals import StopSignals
@@ -53,9 +53,6 @@ class TrainState:
     train_totals: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     early_stopping: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
-    # Only in checkpoints made before the trace moved to the run directory's lr_trace.tsv (StepTrace).
-    lr_trace: list[float] = field(default_factory=list)
-    momentum_trace: list[float] = field(default_factory=list)
     stopped_early: bool = False
     train_seconds: float = 0.0
     train_images: float = 0.0
@@ -74,6 +71,34 @@ class TrainState:
                                   "Delete the checkpoint folder, or set trainer.resume=none (starts over)")  # fmt: skip
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in saved.items() if key in known})
+
+
+@dataclass
+class RunClock:
+    """This invocation's marks beside the resumable state: where it started (what the clocks and stop_after_* count
+    from), where the running epoch started, and the LR of the last optimizer step."""
+
+    wall_before: float  # the state's wall and process seconds at the start, from earlier invocations
+    process_before: float
+    steps_at_start: int
+    epochs_at_start: int
+    started: float = field(default_factory=time.perf_counter)
+    epoch_began: float = 0.0
+    train_began: float = 0.0  # training time since here is not banked yet (a save in between is not training)
+    epoch_marks: tuple[float, float] = (0.0, 0.0)  # the state's train seconds and images when the epoch began
+    last_lr: float | None = None
+
+    @classmethod
+    def start(cls, state: TrainState) -> RunClock:
+        return cls(state.wall_seconds, state.process_seconds, state.optimizer_steps, state.epoch)
+
+    def start_epoch(self, state: TrainState) -> None:
+        self.epoch_marks = (state.train_seconds, state.train_images)
+        self.epoch_began = self.train_began = time.perf_counter()
+
+    def clock_in(self, state: TrainState) -> None:
+        state.wall_seconds = self.wall_before + time.perf_counter() - self.started
+        state.process_seconds = self.process_before + time.time() - psutil.Process().create_time()
 
 
 def prepare_model(cfg: Config, accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
@@ -115,7 +140,6 @@ class Trainer:
         cfg, accelerator = ctx.cfg, ctx.accelerator
         self.cfg, self.accelerator, self.run_dir, self.task = cfg, accelerator, ctx.run_dir, task
         self.console, self.tracking, self.stop = ctx.console, ctx.tracking, ctx.stop
-        self.preempted = False
         self._nonfinite = torch.zeros((), device=accelerator.device)  # non-finite losses seen; read at check points only
         max_lr, self.layout = choice.max_lr, ctx.layout
         self.store = ctx.run_dir.checkpoints
@@ -138,15 +162,9 @@ class Trainer:
         if resume is not None:
             self._resume(*resume)
         self._record_layout()
-        self._wall_before, self._process_before = self.state.wall_seconds, self.state.process_seconds
-        carried = list(zip(self.state.lr_trace, self.state.momentum_trace, strict=True)) or None
-        self.state.lr_trace, self.state.momentum_trace = [], []
         self.trace = ctx.run_dir.trace
-        self.trace.start(self.state.optimizer_steps, carried)
-        self.last_lr: float | None = None
-        self._steps_at_start, self._epochs_at_start = self.state.optimizer_steps, self.state.epoch
-        self._started = time.perf_counter()
-        self._epoch_began = self._started
+        self.trace.start(self.state.optimizer_steps)
+        self.clock = RunClock.start(self.state)
 
     def close(self) -> None:
         """End the run's resources in order: the DDP model and loaders before the process group they use."""
@@ -178,84 +196,125 @@ class Trainer:
         return self.cfg.trainer.epochs
 
     def fit(self) -> RunSummary:
+        """Train until the schedule ends or the run stops; test, and write the summary. Every stop and save is decided here."""
+        state, acc, trainer = self.state, self.accelerator, self.cfg.trainer
         self.stop.training = True
-        self.run_dir.write_history(self.state.history)
-        finished = self.state.stopped_early or self.state.epoch >= self.epochs
+        self.run_dir.write_history(state.history)
+        reason = self._stop_reason()  # a resumed run may have nothing left to train
         try:
-            while not finished:
-                if not self._train_epoch(self.state.epoch) or self._end_epoch():
-                    return self._finish(completed=False)
-                finished = self.state.stopped_early or self.state.epoch >= self.epochs
+            while reason is None:
+                totals, micro_steps_before = self._start_epoch()
+                batches = zip(self.sampler.micro_batches(), self.train_loader, strict=True)  # the sampler in step with the loader
+                for done, (micro, (inputs, targets)) in enumerate(batches, 1):
+                    # The step: forward and backward; an optimizer step on a global batch's last micro-batch.
+                    out = self.step(inputs, targets, micro)
+                    self._nonfinite += (~torch.isfinite(out.loss)).sum()
+                    if micro.size:
+                        totals.add(acc, out.loss, out.outputs, targets)
+                    # The schedule and trace.
+                    if acc.sync_gradients:
+                        self._advance_schedule()
+                    # Reports.
+                    self._report(totals, micro_steps_before, done)
+                    if not acc.sync_gradients:
+                        continue
+                    # The finite check, then the ranks' agreement on a stop request: collectives, alike on every rank.
+                    agreed = False
+                    if state.optimizer_steps % trainer.preemption_check_steps == 0:
+                        self._raise_if_diverged()
+                        agreed = state.optimizer_steps < state.total_steps and self.stop.agreed(acc)
+                    # Stop or checkpoint.
+                    reason = self._stop_reason(agreed)
+                    every = trainer.checkpoint_every_steps
+                    if reason is not None or (every and state.optimizer_steps % every == 0):
+                        self._bank_train_time(totals)
+                        self._save([LAST])
+                        self.clock.train_began = time.perf_counter()
+                    if reason is not None:
+                        break
+                if reason is not None:
+                    break  # mid-epoch, checkpoint saved
+                # End of epoch: validate, record, best/last checkpoint, early stop.
+                self._bank_train_time(totals)
+                record = self._validate_epoch()
+                record.best = self.stopper.update(record.monitored(self.stopper.metric), record.epoch)
+                state.epoch, state.train_totals = record.epoch, [0.0, 0.0, 0.0]
+                state.stopped_early = self.stopper.should_stop and state.epoch < self.epochs
+                state.history.append(asdict(record))
+                self._save([LAST, BEST] if record.best else [LAST])
+                self.run_dir.append_history(record)
+                refresh_metrics(self.run_dir, state.history, self.tracking)
+                self.console.end_epoch(record)
+                self.tracking.log({f"epoch/{k}": v for k, v in record.numbers().items()}, step=state.optimizer_steps)
+                reason = self._stop_reason()
         except TrainingDiverged:
-            self._finish(completed=False, diverged=True)
+            self._finish(StopReason.DIVERGED)
             raise
-        return self._finish(completed=True)
+        return self._finish(reason)
 
-    def _train_epoch(self, epoch: int) -> bool:
-        """Run the rest of an epoch; return False if the run must stop here (checkpoint saved)."""
-        acc, state, trainer = self.accelerator, self.state, self.cfg.trainer
-        self._epoch_marks = (state.train_seconds, state.train_images)
+    def _stop_reason(self, agreed: bool = False) -> StopReason | None:
+        """Why the run stops here, or None to go on; ``agreed``: the ranks agreed on a stop request (fit's collective).
+        Reads the state only: the same answer on every rank."""
+        state, trainer = self.state, self.cfg.trainer
+        if state.epoch >= self.epochs:
+            return StopReason.COMPLETED
+        if state.stopped_early:
+            return StopReason.EARLY_STOP
+        if state.optimizer_steps >= state.total_steps:
+            return None  # the last step: its epoch's end completes the run
+        if agreed:
+            return StopReason.PREEMPTED
+        steps, epochs = state.optimizer_steps - self.clock.steps_at_start, state.epoch - self.clock.epochs_at_start
+        if trainer.stop_after_steps is not None and steps >= trainer.stop_after_steps:
+            return StopReason.STOP_AFTER
+        if trainer.stop_after_epochs is not None and epochs >= trainer.stop_after_epochs:
+            return StopReason.STOP_AFTER
+        return None
+
+    def _start_epoch(self) -> tuple[SplitTotals, int]:
+        """Put the sampler (mid-epoch after a resume) and the clock at the epoch's start; return the running training
+        totals and the epoch's micro-steps already done."""
+        state = self.state
         # Resumed mid-epoch: the global batches this epoch already had, whatever the process count that trained them.
-        first = state.optimizer_steps - epoch * self.plan.batches_per_epoch
-        self.sampler.start(epoch, first)
-        acc.step = 0  # Accelerate's micro-step count (restored by load_state, maybe under another accumulation): at a boundary
-        totals = self._totals(state.train_totals, padded=False)
+        first = state.optimizer_steps - state.epoch * self.plan.batches_per_epoch
+        self.sampler.start(state.epoch, first)
+        self.accelerator.step = 0  # Accelerate's micro-step count (restored by load_state, maybe under another accumulation)
         self.model.train()
-        began = self._epoch_began = time.perf_counter()
-        self.console.start_phase("train", self.plan.batches_per_epoch * self.layout.accum, epoch + 1)
-        micro_batches = self.sampler.micro_batches()  # in step with the loader's own pass over the sampler
-        for done, (micro, (inputs, targets)) in enumerate(zip(micro_batches, self.train_loader, strict=True), 1):
-            out = self.step(inputs, targets, micro)
-            self._nonfinite += (~torch.isfinite(out.loss)).sum()
-            if micro.size:
-                totals.add(acc, out.loss, out.outputs, targets)
-            if acc.sync_gradients:
-                self._after_optimizer_step()
-            self._report_batch(totals, first * self.layout.accum, done)
-            if acc.sync_gradients:
-                if self._stop_requested():
-                    self._bank_train_time(began, totals)
-                    self._save([LAST])
-                    return False
-                if trainer.checkpoint_every_steps and state.optimizer_steps % trainer.checkpoint_every_steps == 0:
-                    self._bank_train_time(began, totals)
-                    self._save([LAST])
-                    began = time.perf_counter()
-        self._bank_train_time(began, totals)
-        return True
+        self.clock.start_epoch(state)
+        self.console.start_phase("train", self.plan.batches_per_epoch * self.layout.accum, state.epoch + 1)
+        return self._totals(state.train_totals, padded=False), first * self.layout.accum
 
     def _totals(self, already_global: list[float] | None = None, padded: bool = True) -> SplitTotals:
         return SplitTotals(self.accelerator.device, self.task.loss, self.task.classifies, already_global, padded)
 
-    def _report_batch(self, totals: SplitTotals, before: int, done: int) -> None:
-        """Console progress every batch (``before`` + ``done`` of the epoch's micro-steps); the numbers (one host sync)
-        only at reporting points. The rate is this invocation's over the epoch so far, checkpoint saves included."""
-        if not self.accelerator.is_main_process:
-            return
-        state = self.state
-
-        @functools.cache
-        def stats() -> dict:
-            rate = done * self.layout.micro * self.layout.world / max(time.perf_counter() - self._epoch_began, 1e-9)
-            lr, momentum = self.optimizer.param_groups[0]["lr"], current_momentum(self.optimizer)
-            return {"loss": totals.running_loss(), "lr": lr, "mom": momentum, "img/s": rate}
-
-        self.console.advance(before + done, stats)
-        every = self.cfg.tracking.wandb.log_every_steps
-        if self.tracking.active and self.accelerator.sync_gradients and state.optimizer_steps % every == 0:
-            names = {"loss": "train/loss", "lr": "train/lr", "mom": "train/momentum", "img/s": "train/images_per_second"}
-            self.tracking.log({names[k]: v for k, v in stats().items()}, step=state.optimizer_steps)
-
-    def _after_optimizer_step(self) -> None:
-        # Recorded before stepping: the LR and momentum the optimizer step just used.
-        self.last_lr = float(self.optimizer.param_groups[0]["lr"])
-        self.trace.record(self.last_lr, current_momentum(self.optimizer))
-        # Stepped on every optimizer step, skipped fp16 steps included, so the cycle's length is exact.
+    def _advance_schedule(self) -> None:
+        """Trace the LR and momentum the optimizer step just used, then step the schedule (on every optimizer step,
+        skipped fp16 steps included, so the cycle's length is exact)."""
+        self.clock.last_lr = float(self.optimizer.param_groups[0]["lr"])
+        self.trace.record(self.clock.last_lr, current_momentum(self.optimizer))
         self.scheduler.step()
         self.state.optimizer_steps += 1
 
-    def _check_finite(self, weights_too: bool = False) -> None:
-        """Stop every rank together once any rank has seen a NaN or infinite loss (one small all-reduce).
+    def _report(self, totals: SplitTotals, before: int, done: int) -> None:
+        """Console progress every micro-step (``before`` + ``done`` of the epoch's); the numbers (one host sync) only
+        where the console or W&B reports them."""
+        if not self.accelerator.is_main_process:
+            return
+        stats = functools.cache(functools.partial(self._train_stats, totals, done))
+        self.console.advance(before + done, stats)
+        steps, every = self.state.optimizer_steps, self.cfg.tracking.wandb.log_every_steps
+        if self.tracking.active and self.accelerator.sync_gradients and steps % every == 0:
+            names = {"loss": "train/loss", "lr": "train/lr", "mom": "train/momentum", "img/s": "train/images_per_second"}
+            self.tracking.log({names[k]: v for k, v in stats().items()}, step=steps)
+
+    def _train_stats(self, totals: SplitTotals, done: int) -> dict:
+        """Loss so far, LR, momentum, and the rate over this invocation's ``done`` micro-steps of the epoch (saves included)."""
+        rate = done * self.layout.micro * self.layout.world / max(time.perf_counter() - self.clock.epoch_began, 1e-9)
+        lr, momentum = self.optimizer.param_groups[0]["lr"], current_momentum(self.optimizer)
+        return {"loss": totals.running_loss(), "lr": lr, "mom": momentum, "img/s": rate}
+
+    def _raise_if_diverged(self, weights_too: bool = False) -> None:
+        """Raise TrainingDiverged on every rank together once any rank has seen a NaN or infinite loss (one small all-reduce).
 
         Before a save the weights and buffers are checked too: the step after the last finite loss
         can already have made them non-finite.
@@ -274,25 +333,12 @@ class Trainer:
             "Lower schedule.max_lr or set trainer.grad_clip_norm."
         )
 
-    def _stop_requested(self) -> bool:
-        done = self.state.optimizer_steps
-        at_check = done % self.cfg.trainer.preemption_check_steps == 0
-        if at_check:
-            self._check_finite()
-        if done >= self.state.total_steps:
-            return False  # the last step: the run ends normally
-        if at_check and self.stop.agreed(self.accelerator):
-            self.preempted = True
-            return True
-        limit = self.cfg.trainer.stop_after_steps
-        return limit is not None and done - self._steps_at_start >= limit
-
-    def _bank_train_time(self, began: float, totals: SplitTotals) -> None:
-        """Fold device totals into the resumable state (one small collective)."""
+    def _bank_train_time(self, totals: SplitTotals) -> None:
+        """Fold device totals into the resumable state (one small collective), with the training time since the last bank."""
         before = self.state.train_totals[2]
         self.state.train_totals = totals.fold(self.accelerator)
         self.state.train_images += self.state.train_totals[2] - before
-        self.state.train_seconds += time.perf_counter() - began
+        self.state.train_seconds += time.perf_counter() - self.clock.train_began
 
     def evaluate(self, loader: DataLoader | None, phase: str) -> tuple[float | None, float | None, int]:
         """Loss, accuracy (None without) and sample count over the whole split, across all ranks."""
@@ -309,41 +355,22 @@ class Trainer:
         result = totals.fold(self.accelerator)
         return (*SplitTotals.summarize(result, self.task.classifies), int(result[2]))
 
-    def _end_epoch(self) -> bool:
-        """Validate, checkpoint and log an epoch; return True if the run must stop here."""
+    def _validate_epoch(self) -> EpochRecord:
+        """The finished epoch's record: its training totals, the validation split's (collectives), its time and rate."""
         state = self.state
         train_loss, train_acc = SplitTotals.summarize(state.train_totals, self.task.classifies)
         val_loss, val_acc, val_count = self.evaluate(self.val_loader, "validation")
-        record = EpochRecord(epoch=state.epoch + 1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
-                             train_samples=int(state.train_totals[2]), val_samples=val_count,
-                             lr=self.last_lr, optimizer_steps=state.optimizer_steps)  # fmt: skip
-        # Without a validation split the training metric of the same name decides.
-        monitored = {"val_acc": val_acc, "val_loss": val_loss} if val_loss is not None else {"val_acc": train_acc, "val_loss": train_loss}
-        record.best = self.stopper.update(monitored[self.stopper.metric], state.epoch + 1)
-        state.epoch += 1
-        state.train_totals = [0.0, 0.0, 0.0]
-        state.stopped_early = self.stopper.should_stop and state.epoch < self.epochs
-        seconds, images = state.train_seconds - self._epoch_marks[0], state.train_images - self._epoch_marks[1]
-        record.seconds = round(time.perf_counter() - self._epoch_began, 3)
-        record.train_images_per_second = images / seconds if seconds else None
-        state.history.append(asdict(record))
-        self._save([LAST, BEST] if record.best else [LAST])
-        self.run_dir.append_history(record)
-        refresh_metrics(self.run_dir, state.history, self.tracking)
-        self.console.end_epoch(record)
-        self.tracking.log({f"epoch/{k}": v for k, v in record.numbers().items()}, step=state.optimizer_steps)
-        limit = self.cfg.trainer.stop_after_epochs
-        return limit is not None and state.epoch - self._epochs_at_start >= limit and state.epoch < self.epochs and not state.stopped_early
-
-    def _clock_in(self, state: TrainState) -> None:
-        state.wall_seconds = self._wall_before + time.perf_counter() - self._started
-        state.process_seconds = self._process_before + time.time() - psutil.Process().create_time()
+        seconds, images = state.train_seconds - self.clock.epoch_marks[0], state.train_images - self.clock.epoch_marks[1]
+        return EpochRecord(epoch=state.epoch + 1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
+                           train_samples=int(state.train_totals[2]), val_samples=val_count, lr=self.clock.last_lr,
+                           optimizer_steps=state.optimizer_steps, seconds=round(time.perf_counter() - self.clock.epoch_began, 3),
+                           train_images_per_second=images / seconds if seconds else None)  # fmt: skip
 
     def _save(self, links: list[str]) -> None:
-        self._check_finite(weights_too=True)  # never a checkpoint (least of all `best`) of NaN weights
+        self._raise_if_diverged(weights_too=True)  # never a checkpoint (least of all `best`) of NaN weights
         state = self.state
         state.early_stopping = self.stopper.state_dict()
-        self._clock_in(state)
+        self.clock.clock_in(state)
         self.trace.flush()  # before the checkpoint: a resume cuts the file back to the checkpoint's steps
         self.store.save(self.accelerator, asdict(state), links)
 
@@ -355,36 +382,42 @@ class Trainer:
         load_model_weights(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), best)
         return self.evaluate(self.test_loader, "test")[:2]
 
-    def _finish(self, completed: bool, diverged: bool = False) -> RunSummary:
-        state = self.state
-        test_loss, test_acc = self._test() if completed else (None, None)
+    def _finish(self, reason: StopReason) -> RunSummary:
+        """Test a run that is over; write the LR trace and summary.json, show them, and unlock the run directory."""
+        test_loss, test_acc = self._test() if reason.completed else (None, None)
         lrs, momentums = self.trace.read()
-        self._clock_in(state)
-        history = [EpochRecord.from_dict(r) for r in state.history]
-        val_losses = [r.val_loss for r in history if r.val_loss is not None]
-        val_accs = [r.val_acc for r in history if r.val_acc is not None]
-        summary = RunSummary(
-            completed=completed, preempted=self.preempted, diverged=diverged, world_size=self.accelerator.num_processes,
-            global_batch_size=self.layout.global_batch, micro_batch_size=self.layout.micro, grad_accum_steps=self.layout.accum,
-            batch_layouts=state.batch_layouts, max_lr=state.max_lr,
-            max_lr_per_group=self.max_lr_per_group, lr_policy=state.lr_policy, lr_finder_seconds=round(state.lr_finder_seconds, 3),
-            lr_suggestions=state.lr_suggestions, optimizer_steps=state.optimizer_steps, total_optimizer_steps=state.total_steps,
-            final_lr=lrs[-1] if lrs else self.last_lr, epochs_completed=state.epoch, best_epoch=self.stopper.best_epoch,
-            monitor=self.stopper.metric, best_val_loss=min(val_losses) if val_losses else None,
-            best_val_acc=max(val_accs) if val_accs else None, test_loss=test_loss, test_acc=test_acc,
-            stopped_early=state.stopped_early, resumed=state.resumed > 0, times_resumed=state.resumed,
-            mixed_precision=self.accelerator.mixed_precision, compiled=is_compiled_module(self.model),
-            channels_last=self.cfg.trainer.channels_last, device=self.accelerator.device.type, wall_seconds=round(state.wall_seconds, 3),
-            process_seconds=round(state.process_seconds, 3),
-            train_images_per_second=state.train_images / state.train_seconds if state.train_seconds else None,
-            wandb_run_id=self.tracking.run_id, wandb_mode=self.tracking.mode, run_dir=str(self.run_dir.path),
-        )  # fmt: skip
-        keys = ("best_val_loss", "best_val_acc", "test_loss", "test_acc", "max_lr", "lr_policy", "optimizer_steps", "epochs_completed",
-                "stopped_early")  # fmt: skip
-        self.tracking.summarize({k: getattr(summary, k) for k in keys})
-        self.run_dir.write_lr_trace({"total_steps": state.total_steps, "lr": lrs, "momentum": momentums})
-        self.run_dir.write_summary(asdict(summary))
+        self.clock.clock_in(self.state)
+        summary = self._summary(reason, test_loss, test_acc, final_lr=lrs[-1] if lrs else self.clock.last_lr)
+        self.tracking.summarize(summary.wandb())
+        self.run_dir.write_lr_trace({"total_steps": self.state.total_steps, "lr": lrs, "momentum": momentums})
+        self.run_dir.write_summary(summary)
         self.console.finish(summary, self.tracking.describe())
         self.accelerator.wait_for_everyone()
         self.run_dir.close()
         return summary
+
+    def _summary(self, reason: StopReason, test_loss: float | None, test_acc: float | None, final_lr: float | None) -> RunSummary:
+        state, acc, layout = self.state, self.accelerator, self.layout
+        history = [EpochRecord.from_dict(r) for r in state.history]
+        val_losses = [r.val_loss for r in history if r.val_loss is not None]
+        val_accs = [r.val_acc for r in history if r.val_acc is not None]
+        return RunSummary(
+            stop_reason=reason, run_dir=str(self.run_dir.path),
+            # this invocation's batch and hardware
+            world_size=acc.num_processes, global_batch_size=layout.global_batch, micro_batch_size=layout.micro,
+            grad_accum_steps=layout.accum, batch_layouts=state.batch_layouts, mixed_precision=acc.mixed_precision,
+            compiled=is_compiled_module(self.model), channels_last=self.cfg.trainer.channels_last, device=acc.device.type,
+            # the schedule
+            max_lr=state.max_lr, max_lr_per_group=self.max_lr_per_group, lr_policy=state.lr_policy,
+            lr_finder_seconds=round(state.lr_finder_seconds, 3), lr_suggestions=state.lr_suggestions,
+            optimizer_steps=state.optimizer_steps, total_optimizer_steps=state.total_steps, final_lr=final_lr,
+            # the scores
+            epochs_completed=state.epoch, best_epoch=self.stopper.best_epoch, monitor=self.stopper.metric,
+            best_val_loss=min(val_losses) if val_losses else None, best_val_acc=max(val_accs) if val_accs else None,
+            test_loss=test_loss, test_acc=test_acc,
+            # resumes and time, over every invocation
+            resumed=state.resumed > 0, times_resumed=state.resumed, wall_seconds=round(state.wall_seconds, 3),
+            process_seconds=round(state.process_seconds, 3),
+            train_images_per_second=state.train_images / state.train_seconds if state.train_seconds else None,
+            wandb_run_id=self.tracking.run_id, wandb_mode=self.tracking.mode,
+        )  # fmt: skip
