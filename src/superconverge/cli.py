@@ -40,7 +40,7 @@ def entry(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["-h"], ["--help"], ["help"]):
         print(usage())
-        return 0
+        return ExitCode.DONE
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])
     return main(argv)

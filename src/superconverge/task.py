@@ -23,6 +23,7 @@ from superconverge import registry
 from superconverge.config import Config
 from superconverge.data import DataBundle, build_data
 from superconverge.models import build_model
+from superconverge.records import Metric
 from superconverge.registry import TaskError
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -40,8 +41,8 @@ class Task:
     head: nn.Module | None  # the parameters optimizer.backbone_lr_ratio leaves at the full LR
     loss: Loss  # (outputs, targets) -> the batch's mean loss
     classifies: bool  # cross-entropy on class-index targets: accuracy is a metric, else the loss is
-    monitor: str  # the early-stopping and `best` checkpoint metric, resolved: val_acc or val_loss
-    probe_metric: str  # what judges the LR probe's candidates, resolved: val_acc or val_loss
+    monitor: Metric  # the early-stopping and `best` checkpoint metric, resolved
+    probe_metric: Metric  # what judges the LR probe's candidates, resolved
 
 
 def build_task(cfg: Config) -> Task:
@@ -50,7 +51,7 @@ def build_task(cfg: Config) -> Task:
     built = build_model(cfg.model, data.num_classes, data.in_channels)
     loss = build_loss(cfg)
     classifies = cfg.loss.name == "cross_entropy" and _class_indices(data.train[0][1])
-    accuracy_or_loss = "val_acc" if classifies else "val_loss"
+    accuracy_or_loss = Metric.VAL_ACC if classifies else Metric.VAL_LOSS
     monitor = _metric("trainer.early_stopping.metric", cfg.trainer.early_stopping.metric, classifies, accuracy_or_loss)
     probe_metric = _metric("lr_finder.probe_metric", cfg.lr_finder.probe_metric, classifies, monitor)
     task = Task(data, built.module, built.head, loss, classifies, monitor, probe_metric)
@@ -80,12 +81,12 @@ def _class_indices(target: object) -> bool:
     return value.ndim == 0 and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
 
 
-def _metric(key: str, metric: str, classifies: bool, auto: str) -> str:
+def _metric(key: str, metric: str, classifies: bool, auto: Metric) -> Metric:
     if metric == "auto":
         return auto
-    if metric == "val_acc" and not classifies:
-        raise TaskError(f"{key}: val_acc needs accuracy, which only cross-entropy on class-index targets has; use val_loss (or auto)")
-    return metric
+    if Metric(metric).maximize and not classifies:
+        raise TaskError(f"{key}: {metric} needs accuracy, which only cross-entropy on class-index targets has; use val_loss (or auto)")
+    return Metric(metric)
 
 
 def check_task(task: Task, cfg: Config) -> None:

@@ -6,7 +6,6 @@ import netrc
 import os
 import secrets
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +15,7 @@ from urllib.request import getproxies
 from accelerate import Accelerator
 
 from superconverge.config import Config
+from superconverge.errors import say
 
 if TYPE_CHECKING:
     from superconverge.lr_finder import MaxLRChoice
@@ -130,7 +130,7 @@ class Tracking:
 
 
 def warn(message: str) -> None:
-    print(f"superconverge: {message}", file=sys.stderr, flush=True)
+    say(message)
 
 
 def has_api_key() -> bool:
