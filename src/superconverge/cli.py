@@ -14,6 +14,7 @@ import inspect
 import os
 import shutil
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from superconverge.errors import ExitCode, UserError, report_error, report_error
 from superconverge.lr_finder import MaxLRChoice, find_max_lr
 from superconverge.records import RunSummary, StopReason
 from superconverge.run_dir import RunDir
-from superconverge.signals import StopSignals
+from superconverge.signals import ProgressWatchdog, StopSignals
 from superconverge.task import Task, build_task
 from superconverge.tracking import Tracking, start_tracking, wants_wandb
 from superconverge.trainer import RunContext, Trainer, TrainState, prepare_model
@@ -196,6 +197,7 @@ def build_trainer(argv: list[str] | None, stop: StopSignals) -> Trainer:
     """
     cfg, task = prepare_inputs(argv, stop=stop)
     stop.orphan_grace_seconds = cfg.trainer.orphan_grace_seconds
+    stop.watch_progress(cfg.trainer.stall_timeout)
     accelerator = make_accelerator(cfg)
     run_dir = RunDir.open(cfg, accelerator)
     stop_if_requested(stop, accelerator, run_dir, "data loading")
@@ -286,6 +288,7 @@ def lr_find_main(argv: list[str] | None = None) -> int:
     """Run only the LR range test for a config (the same code path, distributed too) and print every rule's suggestion."""
     try:
         cfg, task = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"), prog="lr-find")
+        ProgressWatchdog.start_if_wanted(cfg.trainer.stall_timeout, threading.Event())  # ends with the process
         accelerator = make_accelerator(cfg)
         run_dir = RunDir.open(cfg, accelerator)
         run_dir.record_config(cfg)

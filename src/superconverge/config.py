@@ -209,6 +209,10 @@ class TrainerConfig(Section):
                                                 "checkpoint by then")  # fmt: skip
     heartbeat_timeout_seconds: PositiveFloat = Field(300.0, description="multi-node: a node silent this long is gone, and "
                                                      "the others stop naming it")  # fmt: skip
+    stall_timeout: PositiveFloat | Literal["auto"] = Field("auto", description="multi-process: a rank behind its peers that "
+                                                           "makes no progress this long (seconds) in the range test, training "
+                                                           "or evaluation is named and every rank stops (exit 69); `auto`: "
+                                                           "10 x its slowest recent batch, at least 120 s")  # fmt: skip
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -372,7 +376,7 @@ RESUMABLE_KEYS = MOOT_ON_RESUME + LAYOUT_KEYS + (
     "output_dir", "console.", "tracking.", "data.num_workers", "data.mirror", "model.weights_mirror", "trainer.resume",
     "trainer.stop_after_epochs",
     "trainer.stop_after_steps", "trainer.checkpoint_every_steps", "trainer.preemption_check_steps",
-    "trainer.collective_timeout_minutes", "trainer.orphan_grace_seconds", "trainer.heartbeat_timeout_seconds",
+    "trainer.collective_timeout_minutes", "trainer.orphan_grace_seconds", "trainer.heartbeat_timeout_seconds" "trainer.stall_timeout",
     "trainer.compile", "trainer.compile_mode",
     "trainer.channels_last", "trainer.deterministic",
 )  # fmt: skip

@@ -37,15 +37,16 @@ def say(message: str, *, every_rank: bool = False) -> None:
         print(f"{prefix}superconverge: {message}", file=sys.stderr, flush=True)
 
 
-def report_error(message: str) -> None:
-    """The clean message on stderr and, under ``accelerate launch``, as the launcher's "Root Cause".
+def report_error(message: str, echo: bool = True) -> None:
+    """The clean message on stderr (unless not ``echo``) and, under ``accelerate launch``, as the launcher's "Root Cause".
 
     torchelastic ends a failed job with its own traceback and a summary of failed ranks; a rank's
     error file (the path it passes in TORCHELASTIC_ERROR_FILE) is what that summary shows, so the
     message is also the last thing a user reads there.
     """
     rank = os.environ.get("RANK")
-    print(f"{'' if rank in (None, '0') else f'[rank {rank}] '}{message}", file=sys.stderr, flush=True)
+    if echo:
+        print(f"{'' if rank in (None, '0') else f'[rank {rank}] '}{message}", file=sys.stderr, flush=True)
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if error_file:
         Path(error_file).parent.mkdir(parents=True, exist_ok=True)

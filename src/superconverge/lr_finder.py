@@ -37,6 +37,7 @@ from superconverge.errors import say
 from superconverge.lr_probe import ProbeResult
 from superconverge.lr_rules import RangeTestError
 from superconverge.schedule import build_optimizer, follow_head_lr
+from superconverge.signals import PROGRESS
 from superconverge.step import TrainStep, unprepared_step
 from superconverge.task import Task
 
@@ -355,7 +356,9 @@ def measure_curve(cfg: Config, accelerator: Accelerator, task: Task, model: nn.M
     step = unprepared_step(cfg, accelerator, task, model, optimizer)
     scaler_state = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
     console.start_phase("LR test", cfg.lr_finder.num_iter * cfg.trainer.grad_accum_steps)  # at most: sweeps stop on divergence
-    curve = run_range_test(cfg, task, step, accelerator, console.advance)
+    PROGRESS.enter("the LR range test", "micro-batch")
+    curve = run_range_test(cfg, task, step, accelerator, lambda done: (PROGRESS.bump(done), console.advance(done)))
+    PROGRESS.leave()
     if scaler_state is not None:
         accelerator.scaler.load_state_dict(scaler_state)  # training starts from the scale it would have had without the test
     return curve

@@ -16,11 +16,16 @@ loses only the work since the last checkpoint: checkpoints are written atomicall
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 
 from accelerate import Accelerator
@@ -106,6 +111,10 @@ class StopSignals:
             accelerator.set_trigger()
         return accelerator.check_trigger()
 
+    def watch_progress(self, stall_timeout_setting: float | str) -> None:
+        """Under a multi-process launch, stop every rank when one stalls (see ProgressWatchdog) until this scope ends."""
+        ProgressWatchdog.start_if_wanted(stall_timeout_setting, self._closed)
+
 
 class NodeHeartbeat:
     """A node that dies before its peers' collectives can fail leaves them waiting for
@@ -166,3 +175,189 @@ class NodeHeartbeat:
     def _lost(what: str) -> None:
         report_error(f"superconverge: error: {what}. Stopping this node too; rerunning the job continues from the last checkpoint")
         os._exit(ExitCode.PEER_LOST)
+
+
+# The stall rule (trainer.stall_timeout=auto). A rank's work all ranks share (range test, training,
+# evaluation) advances in micro-batches whose time the rank measures itself: a rank making no progress
+# for STALL_FACTOR times its slowest recent interval is stuck, not slow, since a step's time varies far less
+# than that between neighbours; STALL_MINIMUM_SECONDS keeps fast steps (0.1 s) clear of a pause for a plot
+# or a garbage collection, and still ends a stuck job within minutes. Before a phase's first whole interval
+# (its loader's workers starting, compilation) the slowest start that phase had before counts, and a phase
+# never started before gets STALL_FIRST_SECONDS, below the collective timeout's 120 minutes.
+STALL_MINIMUM_SECONDS = 120.0
+STALL_FACTOR = 10.0
+STALL_FIRST_SECONDS = 1800.0
+RECENT_INTERVALS = 50
+
+
+def stall_timeout(fixed: float | None, slowest: float | None) -> float:
+    """Seconds without progress that make a rank stalled: ``fixed`` (trainer.stall_timeout in seconds) or the auto rule."""
+    if fixed is not None:
+        return fixed
+    if slowest is None:
+        return STALL_FIRST_SECONDS
+    return max(STALL_MINIMUM_SECONDS, STALL_FACTOR * slowest)
+
+
+@dataclass(frozen=True)
+class ProgressRecord:
+    """What a rank publishes: its place in the shared work (``seq``-th phase, ``count``-th batch of it) and how long it
+    may go without progress there (None: between phases or saving, where it is not judged)."""
+
+    seq: int = 0
+    count: int = 0
+    phase: str = ""
+    unit: str = ""
+    step: int = 0
+    timeout: float | None = None
+
+    @property
+    def place(self) -> tuple[int, int]:
+        return self.seq, self.count
+
+
+class Progress:
+    """This rank's progress, written by the main thread (hooks in the range test, training and evaluation loops) and
+    read by ProgressWatchdog's thread. Every rank runs the same phases with the same number of batches each
+    (Accelerate's even batches, RankSampler's padding), so ranks compare by place."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock, self.fixed = clock, None  # fixed: trainer.stall_timeout in seconds, None for auto
+        self.record = ProgressRecord()
+        self.intervals: deque[float] = deque(maxlen=RECENT_INTERVALS)
+        self.starts: dict[str, float] = {}  # each phase's slowest start: from entering it to its second batch
+        self.entered = self.last = 0.0
+        self._held: ProgressRecord | None = None
+
+    def enter(self, phase: str, unit: str) -> None:
+        """A phase of shared work begins (named in a stall's message with ``unit`` and the step of bump)."""
+        self.entered = self.last = self.clock()
+        self.intervals.clear()
+        timeout = stall_timeout(self.fixed, self.starts.get(phase))
+        self.record = ProgressRecord(self.record.seq + 1, 0, phase, unit, 0, timeout)
+
+    def bump(self, step: int) -> None:
+        """A batch of the phase has arrived (so a rank stuck reading its data stays behind its peers)."""
+        now, record = self.clock(), self.record
+        if record.count == 1:
+            self.starts[record.phase] = max(self.starts.get(record.phase, 0.0), now - self.entered)
+        elif record.count > 1:
+            self.intervals.append(now - self.last)
+        self.last = now
+        slowest = max(self.intervals) if self.intervals else self.starts.get(record.phase)
+        self.record = replace(record, count=record.count + 1, step=step, timeout=stall_timeout(self.fixed, slowest))
+
+    def leave(self) -> None:
+        self.record = replace(self.record, timeout=None)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Inside a phase, work that is not its batches (a checkpoint save): not judged, and not an interval."""
+        held, self.record = self.record, replace(self.record, timeout=None)
+        try:
+            yield
+        finally:
+            self.last, self.record = self.clock(), held
+
+
+PROGRESS = Progress()  # this process's: the loops' hooks write it whether or not a watchdog reads it
+
+
+def find_stalled(records: dict[int, ProgressRecord], seen: dict[int, tuple[ProgressRecord, float]], now: float) -> int | None:
+    """The rank that is behind another one and has not moved for its own timeout; ``seen``: when each record last changed.
+
+    Only a rank behind is named: its peers wait for it in a collective (and make no progress either).
+    """
+    for rank, record in records.items():
+        if seen.get(rank, (None, 0.0))[0] != record:
+            seen[rank] = (record, now)
+    lead = max(record.place for record in records.values())
+    for rank, record in sorted(records.items()):
+        if record.timeout is not None and record.place < lead and now - seen[rank][1] > record.timeout:
+            return rank
+    return None
+
+
+class ProgressWatchdog:
+    """A rank that stops progressing without dying (a data reader blocked on a hung file system) leaves its peers in
+    a collective for ``trainer.collective_timeout_minutes``. So a thread on every rank publishes PROGRESS in the
+    rendezvous store every ``interval`` seconds and reads the other ranks'; the first to see a rank stalled (see
+    find_stalled) claims the verdict, says it in one line and exits 69; every other rank, the stalled one too, reads
+    the verdict and exits 69 as well. An exit during a save is safe: checkpoints are written to a hidden folder and
+    renamed (checkpoint.CheckpointStore). A rank whose own thread cannot run is killed by the launcher once its
+    peers have exited.
+    """
+
+    def __init__(self, progress: Progress, closed: threading.Event, interval: float) -> None:
+        self.progress, self.closed, self.interval = progress, closed, interval
+        self.rank, self.world, self.host = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), socket.gethostname()
+        run = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        self.prefix = f"superconverge/progress/{run}"
+        self.hosts: dict[int, str] = {}
+
+    @staticmethod
+    def wanted() -> bool:
+        env = os.environ
+        return under_launcher() and int(env.get("WORLD_SIZE", "1")) > 1 and env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+
+    @classmethod
+    def start_if_wanted(cls, stall_timeout_setting: float | str, closed: threading.Event) -> None:
+        PROGRESS.fixed = None if stall_timeout_setting == "auto" else float(stall_timeout_setting)
+        if cls.wanted():
+            interval = min(2.0, (PROGRESS.fixed or STALL_MINIMUM_SECONDS) / 5)
+            threading.Thread(target=cls(PROGRESS, closed, interval)._run, name="superconverge-progress-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        from torch.distributed import TCPStore
+
+        store, seen = None, {}
+        while not self.closed.wait(self.interval):
+            try:
+                if store is None:
+                    store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                     timeout=timedelta(seconds=max(5.0, self.interval)))  # fmt: skip
+                    store.set(f"{self.prefix}/host/{self.rank}", self.host)
+                store.set(f"{self.prefix}/{self.rank}", json.dumps(asdict(self.progress.record)))
+                if store.check([f"{self.prefix}/verdict"]):
+                    self._exit(store, store.get(f"{self.prefix}/verdict").decode(), said=False)
+                records = self._read(store)
+            except Exception:  # noqa: BLE001 - the store not answering: the heartbeat and the orphan watch handle a lost launcher
+                store = None
+                continue
+            stalled = find_stalled(records, seen, time.monotonic())
+            if stalled is not None and not self.closed.is_set():
+                self._declare(store, stalled, records[stalled], time.monotonic() - seen[stalled][1])
+
+    def _read(self, store) -> dict[int, ProgressRecord]:
+        records = {self.rank: self.progress.record}
+        for rank in range(self.world):
+            key = f"{self.prefix}/{rank}"
+            if rank != self.rank and store.check([key]):
+                records[rank] = ProgressRecord(**json.loads(store.get(key)))
+        return records
+
+    def _declare(self, store, rank: int, record: ProgressRecord, silent: float) -> None:
+        host_key = f"{self.prefix}/host/{rank}"
+        host = store.get(host_key).decode() if store.check([host_key]) else "?"
+        rule = f"{self.progress.fixed:g} s" if self.progress.fixed is not None else \
+            f"auto: {STALL_FACTOR:g} x its slowest recent batch, at least {STALL_MINIMUM_SECONDS:.0f} s"  # fmt: skip
+        message = (f"superconverge: error: rank {rank} (host {host}) has made no progress for {silent:.0f} s in {record.phase} at "
+                   f"{record.unit} {record.step} (trainer.stall_timeout={rule}): its data reading or its device is stuck. "
+                   "Stopping every rank; rerunning continues from the last checkpoint")  # fmt: skip
+        if store.add(f"{self.prefix}/claim", 1) == 1:  # one rank says it
+            store.set(f"{self.prefix}/verdict", message)
+            self._exit(store, message, said=True)
+
+    def _exit(self, store, message: str, said: bool) -> None:
+        """Exit 69 together: a rank leaving first breaks its peers' collectives, which would raise (and print) before
+        their own watch reads the verdict. So stderr goes quiet once the verdict is said, and every rank whose watch can
+        run counts itself in and waits (a few seconds at most) for the others before exiting."""
+        report_error(message, echo=said)  # every rank's error file holds it: the launcher's summary shows it as the cause
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        try:
+            key, deadline = f"{self.prefix}/exiting", time.monotonic() + 2 * self.interval + 5
+            store.add(key, 1)
+            while store.add(key, 0) < self.world and time.monotonic() < deadline:  # add 0: read without waiting
+                time.sleep(0.01)
+        finally:
+            os._exit(ExitCode.PEER_LOST)

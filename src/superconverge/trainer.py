@@ -27,7 +27,7 @@ from superconverge.plots import refresh_metrics
 from superconverge.records import EpochRecord, RunSummary, StopReason
 from superconverge.run_dir import RunDir
 from superconverge.schedule import build_one_cycle, build_optimizer, current_momentum, group_max_lrs
-from superconverge.signals import StopSignals
+from superconverge.signals import PROGRESS, StopSignals
 from superconverge.step import TrainStep
 from superconverge.task import Task
 from superconverge.tracking import Tracking
@@ -206,6 +206,7 @@ class Trainer:
                 totals, micro_steps_before = self._start_epoch()
                 batches = zip(self.sampler.micro_batches(), self.train_loader, strict=True)  # the sampler in step with the loader
                 for done, (micro, (inputs, targets)) in enumerate(batches, 1):
+                    PROGRESS.bump(state.optimizer_steps + 1)  # for the stall watchdog: this rank has its batch
                     # The step: forward and backward; an optimizer step on a global batch's last micro-batch.
                     out = self.step(inputs, targets, micro)
                     self._nonfinite += (~torch.isfinite(out.loss)).sum()
@@ -232,6 +233,7 @@ class Trainer:
                         self.clock.train_began = time.perf_counter()
                     if reason is not None:
                         break
+                PROGRESS.leave()
                 if reason is not None:
                     break  # mid-epoch, checkpoint saved
                 # End of epoch: validate, record, best/last checkpoint, early stop.
@@ -282,6 +284,7 @@ class Trainer:
         self.model.train()
         self.clock.start_epoch(state)
         self.console.start_phase("train", self.plan.batches_per_epoch * self.layout.accum, state.epoch + 1)
+        PROGRESS.enter("train", "optimizer step")
         return self._totals(state.train_totals, padded=False), first * self.layout.accum
 
     def _totals(self, already_global: list[float] | None = None, padded: bool = True) -> SplitTotals:
@@ -347,11 +350,14 @@ class Trainer:
         totals = self._totals()
         self.model.eval()
         self.console.start_phase(phase, len(loader))
+        PROGRESS.enter(phase, "batch")
         with torch.no_grad():
             for done, (inputs, targets) in enumerate(loader, 1):
+                PROGRESS.bump(done)
                 self.console.advance(done)
                 out = self.step.evaluate(inputs, targets)
                 totals.add(self.accelerator, out.loss, out.outputs, targets)
+        PROGRESS.leave()
         result = totals.fold(self.accelerator)
         return (*SplitTotals.summarize(result, self.task.classifies), int(result[2]))
 
@@ -372,7 +378,8 @@ class Trainer:
         state.early_stopping = self.stopper.state_dict()
         self.clock.clock_in(state)
         self.trace.flush()  # before the checkpoint: a resume cuts the file back to the checkpoint's steps
-        self.store.save(self.accelerator, asdict(state), links)
+        with PROGRESS.paused():
+            self.store.save(self.accelerator, asdict(state), links)
 
     def _test(self) -> tuple[float | None, float | None]:
         """Test loss and accuracy of the `best` checkpoint (or `last`)."""
