@@ -308,25 +308,33 @@ class ProgressWatchdog:
             threading.Thread(target=cls(PROGRESS, closed, interval)._run, name="superconverge-progress-watch", daemon=True).start()
 
     def _run(self) -> None:
-        from torch.distributed import TCPStore
-
         store, seen = None, {}
-        while not self.closed.wait(self.interval):
+        while not self.closed.is_set():  # at once, then every interval: a rank that blocks soon after it starts is seen
             try:
-                if store is None:
-                    store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                                     timeout=timedelta(seconds=max(5.0, self.interval)))  # fmt: skip
-                    store.set(f"{self.prefix}/host/{self.rank}", self.host)
-                store.set(f"{self.prefix}/{self.rank}", json.dumps(asdict(self.progress.record)))
-                if store.check([f"{self.prefix}/verdict"]):
-                    self._exit(store, store.get(f"{self.prefix}/verdict").decode(), said=False)
-                records = self._read(store)
+                store = store if store is not None else self._connect()
+                records = self._exchange(store)
             except Exception:  # noqa: BLE001 - the store not answering: the heartbeat and the orphan watch handle a lost launcher
                 store = None
-                continue
-            stalled = find_stalled(records, seen, time.monotonic())
-            if stalled is not None and not self.closed.is_set():
-                self._declare(store, stalled, records[stalled], time.monotonic() - seen[stalled][1])
+            else:
+                stalled = find_stalled(records, seen, time.monotonic())
+                if stalled is not None and not self.closed.is_set():
+                    self._declare(store, stalled, records[stalled], time.monotonic() - seen[stalled][1])
+            self.closed.wait(self.interval)
+
+    def _connect(self):
+        from torch.distributed import TCPStore
+
+        store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                         timeout=timedelta(seconds=max(5.0, self.interval)))  # fmt: skip
+        store.set(f"{self.prefix}/host/{self.rank}", self.host)
+        return store
+
+    def _exchange(self, store) -> dict[int, ProgressRecord]:
+        """Publish this rank's record, exit on a verdict, and read every rank's record."""
+        store.set(f"{self.prefix}/{self.rank}", json.dumps(asdict(self.progress.record)))
+        if store.check([f"{self.prefix}/verdict"]):
+            self._exit(store, store.get(f"{self.prefix}/verdict").decode(), said=False)
+        return self._read(store)
 
     def _read(self, store) -> dict[int, ProgressRecord]:
         records = {self.rank: self.progress.record}
