@@ -360,7 +360,9 @@ class ProgressWatchdog:
         """Exit 69 together: a rank leaving first breaks its peers' collectives, which would raise (and print) before
         their own watch reads the verdict. So stderr goes quiet once the verdict is said, and every rank whose watch can
         run counts itself in and waits (a few seconds at most) for the others before exiting."""
-        report_error(message, echo=said)  # every rank's error file holds it: the launcher's summary shows it as the cause
+        report_error(message, echo=False)  # every rank's error file holds it: the launcher's summary shows it as the cause
+        if said:  # to the file descriptor: the range test redirects sys.stderr while torch-lr-finder runs
+            os.write(2, f"{'' if self.rank == 0 else f'[rank {self.rank}] '}{message}\n".encode())
         os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
         try:
             key, deadline = f"{self.prefix}/exiting", time.monotonic() + 2 * self.interval + 5
