@@ -227,10 +227,9 @@ class Progress:
         self.intervals: deque[float] = deque(maxlen=RECENT_INTERVALS)
         self.starts: dict[str, float] = {}  # each phase's slowest start: from entering it to its second batch
         self.entered = self.last = 0.0
-        self._held: ProgressRecord | None = None
 
     def enter(self, phase: str, unit: str) -> None:
-        """A phase of shared work begins (named in a stall's message with ``unit`` and the step of bump)."""
+        """A phase of shared work begins; a stall in it is named with its ``unit`` and the step of the last ``bump``."""
         self.entered = self.last = self.clock()
         self.intervals.clear()
         timeout = stall_timeout(self.fixed, self.starts.get(phase))
