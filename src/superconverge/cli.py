@@ -1,5 +1,6 @@
-"""Entry point: ``accelerate launch -m superconverge [train|lr-find] --config X.yaml key=value ...``
-(``train.py`` and ``lr_find.py`` at the repository's root call the same functions).
+"""Entry point: ``superconverge launch [ACCELERATE OPTIONS] [train|lr-find] --config X.yaml key=value ...`` (launcher.py),
+or ``accelerate launch -m superconverge ...`` with the same arguments (``train.py`` and ``lr_find.py`` at the
+repository's root call the same functions).
 
 Everything that can be wrong with the user's input is checked on every rank before the
 process group forms, so a bad key fails every rank at once instead of leaving one in a barrier.

@@ -29,6 +29,11 @@ from superconverge.errors import ExitCode, UserError, report_error
 RUN_COMMANDS = ("train", "lr-find")
 USAGE = "superconverge launch [ACCELERATE OPTIONS] [train|lr-find] --config X.yaml [key.sub=value ...]"
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
+HELP = (
+    "Accelerate's launcher (`accelerate launch -m superconverge`, the options below) with the config checked before any worker "
+    "starts and the ranks' exit code as its own: 0 done, 2 bad input, 69 a peer lost, 75 preempted (rerun to resume), "
+    "130 Ctrl-C. The run's arguments follow Accelerate's options, from a command, --config or --: see `superconverge train --help`."
+)
 
 
 class LaunchUsageError(UserError):
@@ -72,7 +77,10 @@ def launch_args(accelerate_argv: list[str], run_argv: list[str]) -> argparse.Nam
     from accelerate.commands.launch import launch_command_parser
 
     parser = launch_command_parser()
-    parser.prog, parser.usage = "superconverge launch", USAGE
+    parser.prog, parser.usage, parser.description = "superconverge launch", USAGE, HELP
+    for action in parser._actions:  # the script is always -m superconverge: its arguments are the run's
+        if action.dest in ("training_script", "training_script_args"):
+            action.help = argparse.SUPPRESS
     if {"-h", "--help"} & set(accelerate_argv):
         print(parser.format_help())
         return None
@@ -160,7 +168,7 @@ def quiet_torchelastic() -> Iterator[None]:
 def forwarded_stops() -> Iterator[None]:
     """SIGINT and SIGTERM to the launcher go to its workers (its children, each in a session of its own, so a terminal's
     Ctrl-C reaches them only through here): they checkpoint and exit 130 or 75, and their code becomes the launcher's.
-    Before any worker has started there is nothing to pass it to: the launch stops there."""
+    Before any worker has started there is nothing to pass it to: the launch stops there. SIGUSR1 is left to the ranks."""
 
     def forward(signum: int, frame: object) -> None:
         workers = psutil.Process().children()
@@ -171,6 +179,9 @@ def forwarded_stops() -> Iterator[None]:
                 worker.send_signal(signum)
 
     previous = {signum: signal.signal(signum, forward) for signum in FORWARDED}
+    # SLURM's early warning reaches the ranks from the batch scripts (pkill -P) and, with proctrack/pgid, this process
+    # too: passing it on would make it a second signal, which stops a rank without its checkpoint; dying would orphan them.
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
     try:
         yield
     finally:
