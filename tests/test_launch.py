@@ -48,6 +48,12 @@ def test_bad_key_is_refused_before_any_worker_starts(tmp_path):
     assert time.monotonic() - started < 60
 
 
+def test_a_bad_accelerate_option_is_one_line(tmp_path):
+    proc = launch(["--multi_gpu", "--num_processes", "1"], [*DIGITS, f"output_dir={tmp_path / 'run'}"])
+    assert proc.returncode == ExitCode.BAD_INPUT and proc.stderr.startswith("superconverge launch: error:"), proc.stderr[-4000:]
+    assert "at least 2 processes" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-4000:]
+
+
 def test_an_error_only_the_ranks_find_is_their_line_and_code(tmp_path):
     proc = launch(two_processes(), [*DIGITS, f"output_dir={tmp_path / 'run'}", "data.name=nosuchmodule:build"])
     assert proc.returncode == ExitCode.BAD_INPUT, proc.stderr[-4000:]

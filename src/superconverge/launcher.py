@@ -122,6 +122,9 @@ def start_ranks(args: argparse.Namespace) -> int:
         return ranks_exit_code({rank: failure.exitcode for rank, failure in exc.failures.items()})
     except subprocess.CalledProcessError as exc:  # one process, no torchelastic
         return ranks_exit_code({0: exc.returncode})
+    except (ValueError, FileNotFoundError) as exc:  # Accelerate's checks of its own options (before any worker)
+        report_error(f"superconverge launch: error: {exc}")
+        return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
     except SystemExit as exc:  # Accelerate's own exit: torchelastic stopped on SIGHUP or SIGQUIT
