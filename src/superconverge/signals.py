@@ -26,6 +26,7 @@ from datetime import timedelta
 from accelerate import Accelerator
 
 from superconverge.errors import ExitCode, report_error, say
+from superconverge.orphan import LAUNCHER_GONE, launcher_pid
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
@@ -51,8 +52,10 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():  # Python lets only the main thread set handlers
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._on_signal)
+            if self.watch_parent and launcher_pid() is not None:  # the watch below answers the launcher's death from now on
+                self._previous[LAUNCHER_GONE] = signal.signal(LAUNCHER_GONE, signal.SIG_IGN)
         if self.watch_parent:
-            parent = os.getppid()
+            parent = launcher_pid() or os.getppid()  # recorded at the first import: the launcher may have died since
             threading.Thread(target=self._watch, args=(parent,), name="superconverge-parent-watch", daemon=True).start()
         return self
 
