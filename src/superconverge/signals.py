@@ -9,7 +9,8 @@ signal connector, so a run can be made in-process and leave the process as it fo
 Under ``accelerate launch`` each rank runs in a session of its own: a launcher killed by SIGKILL
 or the OOM killer, or by a SIGUSR1 it does not handle, leaves its ranks training unattended.
 No library watches for that, so a thread here notices the parent pid change (the rank is
-re-parented) and asks for the same checkpoint-and-stop; if the ranks cannot agree within a grace
+re-parented; the launcher is the one ``superconverge.orphan`` recorded at the first import, since it may die while
+torch is imported) and asks for the same checkpoint-and-stop; if the ranks cannot agree within a grace
 period (another rank died too, a rank is stuck in a rendezvous) the process exits hard, which
 loses only the work since the last checkpoint: checkpoints are written atomically.
 """
