@@ -214,3 +214,13 @@ def test_a_rank_orphaned_before_its_first_import_exits_there(tmp_path):
     if text.split("\n")[0] != "1":
         pytest.skip(f"re-parented to a subreaper (pid {text.split()[0]}), not to init")
     assert not alive and "is gone while this rank was starting" in text and "carried on" not in text, text
+
+
+def test_a_rank_records_its_launcher_and_a_process_it_starts_does_not():
+    code = "from superconverge.orphan import launcher_pid; print(launcher_pid())"
+    rank_env = {key: value for key, value in ENV.items() if key != "SUPERCONVERGE_RANK_PID"} | {"TORCHELASTIC_RUN_ID": "test"}
+    rank = subprocess.run([sys.executable, "-c", code], env=rank_env, capture_output=True, text=True, check=True)
+    assert rank.stdout.strip() == str(os.getpid())  # this test stands for the launcher
+    child = subprocess.run([sys.executable, "-c", code], env=rank_env | {"SUPERCONVERGE_RANK_PID": str(os.getpid())},
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    assert child.stdout.strip() == "None"  # a loader worker the rank spawned: the rank's own watch is not its business

@@ -16,12 +16,13 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 
 from superconverge.errors import ExitCode, say
 
 LAUNCHER_GONE = getattr(signal, "SIGRTMIN", None)  # a real-time signal nobody else sends: here it means "the launcher died"
 PR_SET_PDEATHSIG = 1
-RANK_PID = "SUPERCONVERGE_RANK_PID"  # set in the rank, so a process the rank starts (a spawned loader worker) leaves it be
+RANK_PID = "SUPERCONVERGE_RANK_PID"  # set in the rank, so its own children (a spawned loader worker) leave it be
 
 _launcher: int | None = None
 
@@ -34,15 +35,22 @@ def launcher_pid() -> int | None:
 def die_with_launcher() -> None:
     """Under torchelastic, from the first import on: stop when the launcher dies, and at once if it already has."""
     global _launcher
-    pid = str(os.getpid())
-    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ or os.environ.setdefault(RANK_PID, pid) != pid:
-        return  # elsewhere StopSignals' watch alone, from its start
+    if not _is_a_starting_rank():
+        return  # StopSignals' watch alone, from its start
+    os.environ[RANK_PID] = str(os.getpid())
     signal.signal(LAUNCHER_GONE, _exit_orphaned)
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(LAUNCHER_GONE), 0, 0, 0) != 0:
         return
     _launcher = os.getppid()
     if _launcher == 1 and not _runs_this_python(1):  # re-parented to init before the line above: no signal will come
         _exit_orphaned(LAUNCHER_GONE, None)
+
+
+def _is_a_starting_rank() -> bool:
+    """A process torchelastic started (not one its rank started), on Linux, importing from its main thread (handlers)."""
+    env = os.environ
+    return sys.platform.startswith("linux") and "TORCHELASTIC_RUN_ID" in env and env.get(RANK_PID) != str(os.getppid()) and \
+        threading.current_thread() is threading.main_thread()  # fmt: skip
 
 
 def _runs_this_python(pid: int) -> bool:
