@@ -43,6 +43,7 @@ def die_with_launcher() -> None:
         return
     _launcher = os.getppid()
     if _launcher == 1 and not _runs_this_python(1):  # re-parented to init before the line above: no signal will come
+        _launcher = None  # which pid it had is lost
         _exit_orphaned(LAUNCHER_GONE, None)
 
 
@@ -62,5 +63,6 @@ def _runs_this_python(pid: int) -> bool:
 
 
 def _exit_orphaned(signum: int, frame) -> None:
-    say(f"the launcher (pid {_launcher or '?'}) is gone while this rank was starting: exiting", every_rank=True)
+    launcher = f"the launcher (pid {_launcher})" if _launcher else "the launcher"
+    say(f"{launcher} is gone and this rank has nothing to checkpoint: exiting", every_rank=True)
     os._exit(ExitCode.ORPHAN)
