@@ -32,7 +32,7 @@ data:
 	fi
 
 train: setup
-	$(VENV)/bin/accelerate launch $(LAUNCH) train.py --config $(CONFIG) $(ARGS)
+	$(VENV)/bin/superconverge launch $(LAUNCH) --config $(CONFIG) $(ARGS)
 
 # The SLURM tests start a real single-node cluster from Debian's packages; the compile test
 # needs a C++ compiler for inductor's CPU kernels (root only; without them those tests skip).

@@ -8,7 +8,7 @@ forward_signal() {
   if [ "$FORWARD_TO_STEPS" = 1 ]; then
     scancel --signal="$1" "$SLURM_JOB_ID"   # to every node's srun task
   else
-    # The workers are children of `accelerate launch`; the launcher itself would die on USR1.
+    # The workers are children of `superconverge launch`, which leaves USR1 to them (it passes on INT and TERM).
     pkill "-$1" -P "$TRAIN_PID" 2>/dev/null || true
   fi
 }

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from superconverge.batches import BatchLayout, EpochPlan, RankSampler
 from superconverge.config import DataConfig
 from superconverge.data import FASHION_MNIST_SYSTEM_DIR, DataError, build_data, holds_tensors
 
@@ -120,6 +121,29 @@ def noisy_folder(root: Path, suffix: str) -> None:
         (root / name).mkdir(parents=True)
         for i in range(6):
             Image.effect_noise((32, 32), 60 + i).convert("RGB").save(root / name / f"{i}{suffix}")
+
+
+def augmented_epoch(train: Dataset, layout: BatchLayout, epoch: int, first: int = 0, workers: int = 0) -> dict[int, torch.Tensor]:
+    """The augmented inputs every rank of ``layout`` trains on in ``epoch`` from global batch ``first``, by sample index."""
+    plan = EpochPlan(len(train), layout, seed=7, drop_last=False)
+    seen = {}
+    for rank in range(layout.world):
+        torch.manual_seed(7)  # each rank's process is seeded alike, as accelerate's set_seed does
+        sampler = RankSampler(plan, rank)
+        sampler.start(epoch, first)
+        for indices, (images, _) in zip(sampler, DataLoader(train, batch_sampler=sampler, num_workers=workers), strict=True):
+            seen.update(zip(map(int, indices), images, strict=True))
+    return seen
+
+
+def test_imagefolder_augmentation_is_keyed_by_seed_epoch_and_sample_not_by_process(tmp_path):
+    noisy_folder(tmp_path, ".png")
+    train = build_data(DataConfig(name="imagefolder", root=tmp_path, val_fraction=0, image_size=16)).train
+    on_two = augmented_epoch(train, BatchLayout(micro=2, accum=1, world=2), epoch=1)
+    resumed_on_one = augmented_epoch(train, BatchLayout(micro=2, accum=2, world=1), epoch=1, first=1, workers=2)
+    assert len(resumed_on_one) == 8 and all(torch.equal(image, on_two[i]) for i, image in resumed_on_one.items())
+    next_epoch = augmented_epoch(train, BatchLayout(micro=2, accum=1, world=2), epoch=2)
+    assert sum(not torch.equal(image, on_two[i]) for i, image in next_epoch.items()) >= 6  # other draws in another epoch
 
 
 def test_a_truncated_png_is_refused_before_any_work_naming_the_file(tmp_path, capsys):

@@ -71,6 +71,27 @@ def test_augmented_training_is_the_same_on_fewer_processes(digits_args, tmp_path
     assert abs(summary(moved)["test_acc"] - summary(plain)["test_acc"]) <= 0.05
 
 
+def test_an_image_folder_resumed_on_fewer_processes_trains_on_the_same_crops(digits_args, tmp_path):
+    """An image folder's crops and flips are keyed by (seed, epoch, sample), not drawn by its loader workers: the training
+    losses of a 2 -> 1 resume follow the 2-process run's."""
+    from PIL import Image
+
+    for name in ("cobra", "viper"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(40):
+            Image.effect_noise((20, 20), 40 + i).convert("RGB").save(tmp_path / "images" / name / f"{i}.png")
+    args = ("data.name=imagefolder", f"data.root={tmp_path / 'images'}", "data.image_size=16", "data.augment=true", "data.num_workers=1",
+            "data.batch_size=8", "schedule.max_lr=0.005", "trainer.epochs=2")  # fmt: skip
+    plain, moved = tmp_path / "plain", tmp_path / "moved"
+    run(digits_args(*args, run_dir=plain), nproc=2)
+    run(digits_args(*args, "trainer.stop_after_steps=7", run_dir=moved), nproc=2)  # 5 global batches an epoch: step 7 is inside the second
+    run(digits_args(*args, run_dir=moved), nproc=1)
+    before, after = history(plain), history(moved)
+    assert [r["train_samples"] for r in after] == [r["train_samples"] for r in before]
+    for a, b in zip(before, after, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+
+
 def test_a_global_batch_the_processes_cannot_share_is_refused(digits_args, tmp_path):
     args = digits_args("data.batch_size=16", "schedule.max_lr=0.005", "trainer.stop_after_steps=2")
     run(args, nproc=2)

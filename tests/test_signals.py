@@ -7,6 +7,7 @@ import sys
 import time
 
 import psutil
+import pytest
 from conftest import ROOT, history, launch_command, run, summary, wait_for_epochs, workers
 
 from superconverge.errors import ExitCode
@@ -157,3 +158,69 @@ def test_ctrl_c_at_the_launcher_checkpoints_every_rank(digits_args, tmp_path):
     info = summary(tmp_path / "run")
     assert info["preempted"] and info["world_size"] == 2 and info["optimizer_steps"] % 2 == 0
     assert (tmp_path / "run" / "checkpoints" / "last").resolve().name.startswith(f"step-{info['optimizer_steps']:08d}")
+
+
+def starting_ranks(launcher: subprocess.Popen, count: int, limit: float = 120) -> list[psutil.Process]:
+    """The launcher's ranks as soon as they exist (polled every 10 ms), before they have imported anything."""
+    deadline = time.monotonic() + limit
+    while launcher.poll() is None and time.monotonic() < deadline:
+        try:
+            ranks = workers(launcher)
+        except psutil.Error:  # a child that came and went while being listed
+            ranks = []
+        if len(ranks) == count:
+            return ranks
+        time.sleep(0.01)
+    raise AssertionError("the launcher never started its ranks")
+
+
+def test_ranks_whose_launcher_dies_while_they_import_exit_at_once(digits_args, tmp_path):
+    log = tmp_path / "ranks.log"
+    with log.open("w") as stderr:
+        launcher = subprocess.Popen(launch_command(2) + digits_args(), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr)
+    ranks = starting_ranks(launcher, 2)
+    time.sleep(0.3)  # the ranks are importing torch (seconds): they have printed nothing, StopSignals' watch has not started
+    launcher.kill()
+    launcher.wait()
+    try:
+        _, alive = psutil.wait_procs(ranks, timeout=30)
+        text = log.read_text()
+        assert not alive, f"ranks went on without their launcher:\n{text[-3000:]}"
+        assert text.count("is gone and this rank has nothing to checkpoint") == 2 and "start world_size" not in text, text[-3000:]
+    finally:
+        for rank in ranks:
+            if rank.is_running():
+                rank.kill()  # a failed watch must not leave the orphans behind
+
+
+EARLY_ORPHAN = """
+import os, sys, time
+time.sleep(1)  # the shell that started this process (as a launcher would) exits meanwhile
+print(os.getppid(), flush=True)
+import superconverge
+print("carried on", flush=True)
+"""
+
+
+def test_a_rank_orphaned_before_its_first_import_exits_there(tmp_path):
+    out = tmp_path / "out.txt"
+    script = f'"{sys.executable}" -c "$0" > "{out}" 2>&1 & echo $!'  # the shell exits at once: the child is re-parented
+    env = {key: value for key, value in ENV.items() if key != "SUPERCONVERGE_RANK_PID"} | {"TORCHELASTIC_RUN_ID": "test"}
+    rank = psutil.Process(int(subprocess.run(["bash", "-c", script, EARLY_ORPHAN], env=env, capture_output=True, text=True).stdout))
+    _, alive = psutil.wait_procs([rank], timeout=30)
+    if alive:
+        rank.kill()
+    text = out.read_text()
+    if text.split("\n")[0] != "1":
+        pytest.skip(f"re-parented to a subreaper (pid {text.split()[0]}), not to init")
+    assert not alive and "is gone and this rank has nothing to checkpoint" in text and "carried on" not in text, text
+
+
+def test_a_rank_records_its_launcher_and_a_process_it_starts_does_not():
+    code = "from superconverge.orphan import launcher_pid; print(launcher_pid())"
+    rank_env = {key: value for key, value in ENV.items() if key != "SUPERCONVERGE_RANK_PID"} | {"TORCHELASTIC_RUN_ID": "test"}
+    rank = subprocess.run([sys.executable, "-c", code], env=rank_env, capture_output=True, text=True, check=True)
+    assert rank.stdout.strip() == str(os.getpid())  # this test stands for the launcher
+    child = subprocess.run([sys.executable, "-c", code], env=rank_env | {"SUPERCONVERGE_RANK_PID": str(os.getpid())},
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    assert child.stdout.strip() == "None"  # a loader worker the rank spawned: the rank's own watch is not its business

@@ -147,7 +147,7 @@ def test_a_node_that_dies_before_training_stops_the_others_naming_it(tmp_path):
     marker = tmp_path / "rank1_loading"
     env = {**os.environ, **JOB_ENV, "SLURM_NNODES": "2", "HEAD_NODE": "127.0.0.1", "MAIN_PORT": str(free_port()),
            "RUN_DIR": str(tmp_path / "run"), "NPROC_PER_NODE": "1", "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
-           "PYTHONPATH": str(tmp_path)}  # fmt: skip
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     args = ["bash", "slurm/launch_node.sh", *DIGITS[1:], "data.name=stalling:build", f"data.kwargs.marker={marker}",
             "model.name=stalling:net", "schedule.max_lr=0.01", "trainer.heartbeat_timeout_seconds=10"]  # fmt: skip
     machines = [subprocess.Popen(args, cwd=ROOT, env={**env, "SLURM_NODEID": str(rank)}, stdout=subprocess.PIPE,

@@ -14,7 +14,9 @@ the one Accelerate's seedable sampler gave: ``randperm(n)`` seeded with ``seed +
 
 from __future__ import annotations
 
+import hashlib
 import math
+import struct
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -97,6 +99,28 @@ class MicroBatch:
         return self.start if self.size else 0, self.batch_rows  # a placeholder is the batch's first row
 
 
+class SampleKey(int):
+    """A training sample's index, which also keys its augmentation by (seed, epoch, index).
+
+    A data set that decodes and augments image by image in the loader workers (an image folder) seeds
+    its draws with ``draw_seed``: the same sample gets the same crop and flip in an epoch whatever the
+    process count, the loader worker or the position of a resume. Everywhere else it is the int it is.
+    """
+
+    def __new__(cls, index: int, seed: int, epoch: int) -> SampleKey:
+        key = super().__new__(cls, index)
+        key.seed, key.epoch = seed, epoch
+        return key
+
+    def __reduce__(self):  # the loader sends indices to its worker processes pickled
+        return SampleKey, (int(self), self.seed, self.epoch)
+
+    @property
+    def draw_seed(self) -> int:
+        packed = struct.pack("<qqq", self.seed, self.epoch, int(self))
+        return int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little")
+
+
 class EpochPlan:
     """Global batches of a seeded permutation per epoch; ``drop_last`` drops a short last one."""
 
@@ -126,12 +150,11 @@ class EpochPlan:
                 start, stop = j * rows // layout.slots, (j + 1) * rows // layout.slots
                 yield MicroBatch(epoch, k, start, stop - start, rows, (stop - start) * layout.slots / rows)
 
-    def indices(self, micro: MicroBatch) -> list[int]:
+    def indices(self, micro: MicroBatch) -> list[SampleKey]:
         base = micro.batch * self.layout.global_batch
         order = self.order(micro.epoch)
-        if micro.size == 0:
-            return [order[base]]
-        return order[base + micro.start : base + micro.start + micro.size]
+        rows = [order[base]] if micro.size == 0 else order[base + micro.start : base + micro.start + micro.size]
+        return [SampleKey(index, self.seed, micro.epoch) for index in rows]
 
 
 class RankSampler(Sampler[list[int]]):

@@ -1,5 +1,6 @@
-"""Entry point: ``accelerate launch -m superconverge [train|lr-find] --config X.yaml key=value ...``
-(``train.py`` and ``lr_find.py`` at the repository's root call the same functions).
+"""Entry point: ``superconverge launch [ACCELERATE OPTIONS] [train|lr-find] --config X.yaml key=value ...`` (launcher.py),
+or ``accelerate launch -m superconverge ...`` with the same arguments (``train.py`` and ``lr_find.py`` at the
+repository's root call the same functions).
 
 Everything that can be wrong with the user's input is checked on every rank before the
 process group forms, so a bad key fails every rank at once instead of leaving one in a barrier.
@@ -27,6 +28,7 @@ from superconverge.checkpoint import check_fits, resolve_resume, validate_checkp
 from superconverge.config import MOOT_ON_RESUME, Config, ConfigError, config_yaml, describe_changes, load_config, resume_changes
 from superconverge.console import RunConsole
 from superconverge.errors import ExitCode, UserError, report_error, report_error_on_every_rank, say
+from superconverge.launcher import launch_main
 from superconverge.lr_finder import MaxLRChoice, find_max_lr
 from superconverge.records import RunSummary, StopReason
 from superconverge.run_dir import RunDir
@@ -51,6 +53,7 @@ def usage() -> str:
     commands = "\n".join(f"  {name:<13} {inspect.getdoc(command).splitlines()[0]}" for name, command in COMMANDS.items())
     return (
         "usage: superconverge [COMMAND] --config X.yaml [key.sub=value ...]\n"
+        "       superconverge launch [ACCELERATE OPTIONS] [COMMAND] --config X.yaml [key.sub=value ...]\n"
         "       accelerate launch [ACCELERATE OPTIONS] -m superconverge [COMMAND] --config X.yaml [key.sub=value ...]\n\n"
         f"commands (train when none is named):\n{commands}\n\n"
         "`superconverge COMMAND --help` shows a command's options. Every config key, its type, default and meaning:\n"
@@ -113,22 +116,29 @@ def make_accelerator(cfg: Config) -> Accelerator:
     )
 
 
+def check_inputs(argv: list[str] | None, forced: tuple[str, ...] = (), prog: str = "train") -> Config:
+    """The config and what it names that is cheap to check (no data, no model): on every rank, and in ``superconverge launch``
+    before any worker starts."""
+    args = parse_args(argv, prog)
+    cfg = load_config(args.config, [*args.overrides, *forced])
+    check_compiler(cfg)
+    check_output_dir(Path(cfg.output_dir))
+    if cfg.trainer.resume not in ("auto", "none"):
+        resolve_resume(cfg.trainer.resume, Path(cfg.output_dir))  # a named checkpoint that is not there: fail before any work
+    return cfg
+
+
 def prepare_inputs(argv: list[str] | None, forced: tuple[str, ...] = (), stop: StopSignals | None = None,
                    prog: str = "train") -> tuple[Config, Task]:  # fmt: skip
     """Config and task (data, model, loss), validated identically on every rank.
 
     With ``stop``, a multi-node job watches its other nodes from here on, data loading included.
     """
-    args = parse_args(argv, prog)
-    cfg = load_config(args.config, [*args.overrides, *forced])
+    cfg = check_inputs(argv, forced, prog)
     if stop is not None:
         stop.watch_peer_nodes(cfg.trainer.heartbeat_timeout_seconds)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
-    check_compiler(cfg)
-    check_output_dir(Path(cfg.output_dir))
-    if cfg.trainer.resume not in ("auto", "none"):
-        resolve_resume(cfg.trainer.resume, Path(cfg.output_dir))  # a named checkpoint that is not there: fail before any work
     return cfg, build_task(cfg)
 
 
@@ -287,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 def lr_find_main(argv: list[str] | None = None) -> int:
     """Run only the LR range test for a config (the same code path, distributed too) and print every rule's suggestion."""
     try:
-        cfg, task = prepare_inputs(argv, forced=("schedule.max_lr=auto", "trainer.resume=none"), prog="lr-find")
+        cfg, task = prepare_inputs(argv, forced=FORCED["lr-find"], prog="lr-find")
         ProgressWatchdog.start_if_wanted(cfg.trainer.stall_timeout, threading.Event())  # ends with the process
         accelerator = make_accelerator(cfg)
         run_dir = RunDir.open(cfg, accelerator)
@@ -332,4 +342,5 @@ def print_suggestions(choice: MaxLRChoice, run_dir: Path) -> None:
 
 
 CONFIG_DOC = "docs/configuration.md"
-COMMANDS = {"train": main, "lr-find": lr_find_main, "print-config": print_config_main}
+COMMANDS = {"train": main, "lr-find": lr_find_main, "print-config": print_config_main, "launch": launch_main}
+FORCED = {"train": (), "lr-find": ("schedule.max_lr=auto", "trainer.resume=none")}  # what each command sets, whatever the user's config

@@ -26,6 +26,7 @@ from torchvision.datasets.utils import download_and_extract_archive, extract_arc
 from torchvision.transforms import v2
 
 from superconverge import registry
+from superconverge.batches import SampleKey
 from superconverge.config import DataConfig
 from superconverge.downloads import one_at_a_time
 from superconverge.errors import UserError, say
@@ -149,7 +150,7 @@ class TransformedSubset(Dataset):
         for offset in range(len(self.subset)):
             try:
                 image, label = self.subset[(index + offset) % len(self.subset)]
-                return self.transform(image), label
+                return self._transform(image, index), label
             except UnreadableImage as exc:
                 if self.bad_images == "error":
                     raise DataError(f"imagefolder: cannot read image {exc}; remove it or set data.bad_images=skip") from None
@@ -157,6 +158,21 @@ class TransformedSubset(Dataset):
                 say(f"warning: skipping unreadable image {exc} ({len(self.skipped)} skipped so far in this process); the next "
                     "image takes its place", every_rank=True)  # fmt: skip
         raise DataError("imagefolder: no image of this split can be read")
+
+    def _transform(self, image: Image.Image, index: int) -> torch.Tensor:
+        """Training samples come as SampleKeys: their crops and flips are a function of (seed, epoch, index)."""
+        if not isinstance(index, SampleKey):
+            return self.transform(image)  # validation and test: nothing is drawn
+        # torchvision's transforms draw from the global CPU generator: seeded per sample, and put back after, so this
+        # process's own stream (a loader worker's, or the model's dropout with no workers) goes on as it was.
+        # (The generator itself, not torch.manual_seed, which also seeds every accelerator: 4 us, not 70.)
+        rng = torch.default_generator
+        state = rng.get_state()
+        rng.manual_seed(index.draw_seed)
+        try:
+            return self.transform(image)
+        finally:
+            rng.set_state(state)
 
 
 def _missing_data(name: str, where: list[Path], how: str) -> DataError:

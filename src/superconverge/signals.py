@@ -9,7 +9,8 @@ signal connector, so a run can be made in-process and leave the process as it fo
 Under ``accelerate launch`` each rank runs in a session of its own: a launcher killed by SIGKILL
 or the OOM killer, or by a SIGUSR1 it does not handle, leaves its ranks training unattended.
 No library watches for that, so a thread here notices the parent pid change (the rank is
-re-parented) and asks for the same checkpoint-and-stop; if the ranks cannot agree within a grace
+re-parented; the launcher is the one ``superconverge.orphan`` recorded at the first import, since it may die while
+torch is imported) and asks for the same checkpoint-and-stop; if the ranks cannot agree within a grace
 period (another rank died too, a rank is stuck in a rendezvous) the process exits hard, which
 loses only the work since the last checkpoint: checkpoints are written atomically.
 """
@@ -31,6 +32,7 @@ from datetime import timedelta
 from accelerate import Accelerator
 
 from superconverge.errors import ExitCode, report_error, say
+from superconverge.orphan import LAUNCHER_GONE, launcher_pid
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
@@ -56,8 +58,10 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():  # Python lets only the main thread set handlers
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._on_signal)
+            if self.watch_parent and launcher_pid() is not None:  # the watch below answers the launcher's death from now on
+                self._previous[LAUNCHER_GONE] = signal.signal(LAUNCHER_GONE, signal.SIG_IGN)
         if self.watch_parent:
-            parent = os.getppid()
+            parent = launcher_pid() or os.getppid()  # recorded at the first import: the launcher may have died since
             threading.Thread(target=self._watch, args=(parent,), name="superconverge-parent-watch", daemon=True).start()
         return self
 
