@@ -3,13 +3,14 @@
 import os
 import re
 import subprocess
+import sys
 import time
 
 import psutil
-import pytest
-from conftest import DIGITS, FAST, ROOT, launch_command, run, summary
+from conftest import DIGITS, FAST, ROOT, free_port, launch_command, run, summary
 
 from superconverge.checkpoint import CheckpointStore, validate_checkpoint
+from superconverge.errors import ExitCode
 from superconverge.signals import Progress, ProgressRecord, find_stalled, stall_timeout
 
 WORKERS = ROOT / "tests" / "workers"
@@ -50,13 +51,14 @@ def test_a_rank_behind_and_silent_past_its_timeout_is_named():
     assert find_stalled(level, {}, now=0.0) is None and find_stalled(level, {r: (level[r], 0.0) for r in level}, now=1e6) is None
 
 
-def stalled_run(run_dir, reads: int, *overrides: str) -> tuple[subprocess.CompletedProcess, set[psutil.Process], float]:
+def stalled_run(run_dir, reads: int, *overrides: str, launcher: list[str] | None = None,
+                ) -> tuple[subprocess.CompletedProcess, set[psutil.Process], float]:  # fmt: skip
     """2 processes whose rank 1 stops reading after ``reads`` training samples; the launcher's result, every process it
-    started, and its seconds."""
+    started, and its seconds. ``launcher``: the command before the run's arguments (`accelerate launch -m superconverge`)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "STALL_AFTER_READS": str(reads)}
+    command = (launcher or launch_command(2, module="superconverge")) + stall_args(run_dir, *overrides)
     started = time.monotonic()
-    launcher = subprocess.Popen(launch_command(2, module="superconverge") + stall_args(run_dir, *overrides), cwd=WORKERS, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    launcher = subprocess.Popen(command, cwd=WORKERS, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen: set[psutil.Process] = set()
     while launcher.poll() is None and time.monotonic() - started < 180:
         try:
@@ -95,8 +97,14 @@ def test_a_rank_stalled_in_training_is_named_and_the_rerun_resumes(tmp_path):
     assert info["completed"] and info["times_resumed"] == 1 and info["optimizer_steps"] == 20
 
 
-@pytest.mark.parametrize("reads", [300])
-def test_a_rank_stalled_in_the_range_test_is_named(tmp_path, reads):
-    proc, processes, _ = stalled_run(tmp_path / "run", reads, *FAST)
-    assert_stopped_naming_rank_1(proc, processes, "the LR range test")
+def test_a_rank_stalled_in_the_range_test_is_named_and_superconverge_launch_exits_69(tmp_path):
+    launch = [sys.executable, "-m", "superconverge", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1", "--main_process_port",
+              str(free_port())]  # fmt: skip
+    proc, processes, _ = stalled_run(tmp_path / "run", 300, *FAST, launcher=launch)
+    assert proc.returncode == ExitCode.PEER_LOST, proc.stderr[-4000:]
+    assert [match[1] for match in VERDICT.findall(proc.stderr)] == ["the LR range test"], proc.stderr[-4000:]
+    for noise in ("Traceback", "ChildFailedError", "torch/distributed/elastic"):  # no summary, no broken collective's traceback
+        assert noise not in proc.stderr, proc.stderr[-4000:]
+    assert len(processes) >= 2 and not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not (tmp_path / "run" / "checkpoints" / "last").exists()
