@@ -24,12 +24,13 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin
 
 from superconverge.batches import BatchLayout
+from superconverge.budget import WARMUP_STEPS
 from superconverge.checkpoint import check_fits, resolve_resume, validate_checkpoint
 from superconverge.config import MOOT_ON_RESUME, Config, ConfigError, config_yaml, describe_changes, load_config, resume_changes
 from superconverge.console import RunConsole
 from superconverge.errors import ExitCode, UserError, report_error, report_error_on_every_rank, say
 from superconverge.launcher import launch_main
-from superconverge.lr_finder import MaxLRChoice, find_max_lr
+from superconverge.lr_finder import MaxLRChoice, find_max_lr, measure_curve
 from superconverge.records import RunSummary, StopReason
 from superconverge.run_dir import RunDir
 from superconverge.signals import ProgressWatchdog, StopSignals
@@ -223,8 +224,29 @@ def build_trainer(argv: list[str] | None, stop: StopSignals) -> Trainer:
     stop_if_requested(stop, accelerator, run_dir, "the LR range test")
     if choice.range_test is not None:
         tracking.log_range_test(choice, Path(cfg.output_dir) / "lr_finder.png")
+    step_seconds = measure_step_seconds(cfg, accelerator, task, model, console, choice, resume_state)
     resume = (resume_from, resume_state) if resume_from is not None else None
-    return Trainer(RunContext(cfg, accelerator, run_dir, console, tracking, stop, layout), task, model, choice, resume)
+    context = RunContext(cfg, accelerator, run_dir, console, tracking, stop, layout)
+    return Trainer(context, task, model, choice, resume, step_seconds)
+
+
+def measure_step_seconds(cfg: Config, accelerator: Accelerator, task: Task, model: torch.nn.Module, console: RunConsole,
+                         choice: MaxLRChoice, resume_state: TrainState | None) -> float | None:  # fmt: skip
+    """Seconds per global batch through the training step, for a budget's plan (None: no plan to make).
+
+    The range test already ran that step on the real model at the global batch: its time per
+    iteration (its first, slower steps included, so the plan errs short). A fixed max_lr has no
+    range test, so a one-sweep range test of WARMUP_STEPS times it: it trains its own optimizer and
+    puts the model back as it was, and the Trainer reseeds every RNG after it, so the run trains as
+    it would have from the same weights.
+    """
+    if cfg.trainer.budget is None or (resume_state is not None and resume_state.budget):
+        return None
+    curve = choice.range_test
+    if curve is None or curve.iterations_run == 0:
+        timing = cfg.lr_finder.model_copy(update={"num_iter": WARMUP_STEPS, "sweep_iter": WARMUP_STEPS})
+        curve = measure_curve(cfg.model_copy(update={"lr_finder": timing}), accelerator, task, model, console)
+    return curve.seconds / max(curve.iterations_run, 1)
 
 
 def batch_layout(cfg: Config, accelerator: Accelerator, resume_state: TrainState | None) -> BatchLayout:

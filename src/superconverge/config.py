@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from superconverge import lr_rules, registry
+from superconverge.budget import check_budget
 from superconverge.errors import UserError
 from superconverge.records import METRIC_NAMES
 
@@ -183,7 +184,10 @@ class EarlyStoppingConfig(Section):
 class TrainerConfig(Section):
     """The run: its length, precision, checkpoints, resume and fault handling."""
 
-    epochs: PositiveInt = Field(5, description="the length of the cycle")
+    epochs: PositiveInt = Field(5, description="the length of the cycle; with `budget`, its ceiling")
+    budget: str | None = Field(None, description="size the cycle to end within a wall-clock time from the command's start: "
+                               "a duration (`90s`, `20m`, `2h30m`) or `slurm` (the job's time left, less 3 minutes for the "
+                               "preemption signal); the last epoch may be partial. null: `epochs` epochs")  # fmt: skip
     grad_accum_steps: PositiveInt = Field(1, description="micro-batches per optimizer step on each process (Accelerate)")
     mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(None, description="null: what `accelerate launch` says "
                                                                   "(a bare `no` means `no`, not false)")  # fmt: skip
@@ -219,6 +223,11 @@ class TrainerConfig(Section):
     def _no_is_not_false(cls, value):
         # YAML and OmegaConf read a bare `no` as false: `trainer.mixed_precision=no` means "no".
         return "no" if value is False else value
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: str | None) -> str | None:
+        return check_budget(value)
 
     @field_validator("resume")
     @classmethod

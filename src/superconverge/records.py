@@ -107,6 +107,7 @@ class RunSummary:
     optimizer_steps: int | None = None
     total_optimizer_steps: int | None = None
     final_lr: float | None = None
+    budget: dict | None = None  # trainer.budget's plan (BudgetPlan.record): seconds, measured step time, steps, epochs
     epochs_completed: int | None = None
     best_epoch: int | None = None
     monitor: str | None = None  # the metric that chose `best` (and early stopping)

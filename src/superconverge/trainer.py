@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import math
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -12,10 +13,11 @@ import psutil
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
-from accelerate.utils import is_compiled_module, set_seed
+from accelerate.utils import broadcast_object_list, is_compiled_module, set_seed
 from torch.utils.data import DataLoader
 
 from superconverge.batches import BatchLayout, EpochPlan, RankSampler
+from superconverge.budget import Costs, plan_now
 from superconverge.checkpoint import BEST, LAST, CheckpointError, load_model_weights
 from superconverge.config import Config
 from superconverge.console import RunConsole
@@ -59,6 +61,7 @@ class TrainState:
     wall_seconds: float = 0.0  # in the trainer (from its construction), over every invocation
     process_seconds: float = 0.0  # from each process's start (start-up, data, range test included), over every invocation
     resumed: int = 0
+    budget: dict | None = None  # trainer.budget's plan (BudgetPlan.record), made once: a resumed run keeps total_steps
     config: dict = field(default_factory=dict)  # the config this state was made under (a resume may change only some keys)
 
     @classmethod
@@ -136,7 +139,7 @@ class RunContext:
 
 class Trainer:
     def __init__(self, ctx: RunContext, task: Task, model: torch.nn.Module, choice: MaxLRChoice,
-                 resume: tuple[Path, TrainState] | None) -> None:  # fmt: skip
+                 resume: tuple[Path, TrainState] | None, step_seconds: float | None = None) -> None:  # fmt: skip
         cfg, accelerator = ctx.cfg, ctx.accelerator
         self.cfg, self.accelerator, self.run_dir, self.task = cfg, accelerator, ctx.run_dir, task
         self.console, self.tracking, self.stop = ctx.console, ctx.tracking, ctx.stop
@@ -150,11 +153,11 @@ class Trainer:
         self.model = model  # prepared by prepare_model before the range test
         self.optimizer = accelerator.prepare(optimizer)
         self.step = TrainStep(cfg.trainer, accelerator, task, model, self.optimizer, cfg.seed)
-        steps = cfg.trainer.epochs * self.plan.batches_per_epoch  # one optimizer step per global batch
+        steps, budget = self._cycle_steps(resume, step_seconds)
         self.scheduler = accelerator.prepare(build_one_cycle(cfg.schedule, optimizer, max_lr, steps))
         self.max_lr_per_group = group_max_lrs(optimizer, max_lr)
         self.state = TrainState(max_lr=max_lr, total_steps=steps, lr_policy=choice.policy, lr_finder_seconds=choice.seconds,
-                                lr_suggestions=choice.suggestions, config=cfg.model_dump(mode="json"))  # fmt: skip
+                                lr_suggestions=choice.suggestions, budget=budget, config=cfg.model_dump(mode="json"))  # fmt: skip
         es = cfg.trainer.early_stopping
         self.stopper = EarlyStopping(task.monitor, es.patience, es.min_delta)
         # A different augmentation stream on each rank; a resumed run gets its saved RNG back instead.
@@ -165,6 +168,26 @@ class Trainer:
         self.trace = ctx.run_dir.trace
         self.trace.start(self.state.optimizer_steps)
         self.clock = RunClock.start(self.state)
+        self.console.epochs = self.epochs
+
+    def _cycle_steps(self, resume: tuple[Path, TrainState] | None, step_seconds: float | None) -> tuple[int, dict | None]:
+        """The cycle's optimizer steps (and the budget's plan): ``trainer.epochs`` epochs, or what the budget pays for.
+        A resumed run keeps its checkpoint's plan; a new plan is rank 0's clock, broadcast (every rank builds the same cycle)."""
+        cfg = self.cfg
+        if cfg.trainer.budget is None:
+            return cfg.trainer.epochs * self.plan.batches_per_epoch, None  # one optimizer step per global batch
+        if resume is not None and resume[1].budget:
+            return resume[1].total_steps, resume[1].budget
+        data, world = self.task.data, self.accelerator.num_processes
+        state_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        costs = Costs.estimate(step_seconds or 0.0, self.layout.global_batch, len(data.val) if data.val is not None else 0,
+                               len(data.test) if data.test is not None else 0, state_bytes)  # fmt: skip
+        plans = [plan_now(cfg.trainer.budget, costs, self.plan.batches_per_epoch, cfg.trainer.epochs) if self.accelerator.is_main_process
+                 else None]  # fmt: skip
+        if world > 1:
+            broadcast_object_list(plans)
+        self.console.line(plans[0].describe())
+        return plans[0].steps, plans[0].record()
 
     def close(self) -> None:
         """End the run's resources in order: the DDP model and loaders before the process group they use."""
@@ -193,7 +216,8 @@ class Trainer:
 
     @property
     def epochs(self) -> int:
-        return self.cfg.trainer.epochs
+        """The cycle's epochs, the last maybe partial (``trainer.epochs`` without a budget)."""
+        return math.ceil(self.state.total_steps / self.plan.batches_per_epoch)
 
     def fit(self) -> RunSummary:
         """Train until the schedule ends or the run stops; test, and write the summary. Every stop and save is decided here."""
@@ -231,8 +255,8 @@ class Trainer:
                         self._bank_train_time(totals)
                         self._save([LAST])
                         self.clock.train_began = time.perf_counter()
-                    if reason is not None:
-                        break
+                    if reason is not None or state.optimizer_steps >= state.total_steps:
+                        break  # a stop, or a budget's cycle that ends mid-epoch (then validated below as its last epoch)
                 PROGRESS.leave()
                 if reason is not None:
                     break  # mid-epoch, checkpoint saved
@@ -417,7 +441,7 @@ class Trainer:
             # the schedule
             max_lr=state.max_lr, max_lr_per_group=self.max_lr_per_group, lr_policy=state.lr_policy,
             lr_finder_seconds=round(state.lr_finder_seconds, 3), lr_suggestions=state.lr_suggestions,
-            optimizer_steps=state.optimizer_steps, total_optimizer_steps=state.total_steps, final_lr=final_lr,
+            optimizer_steps=state.optimizer_steps, total_optimizer_steps=state.total_steps, final_lr=final_lr, budget=state.budget,
             # the scores
             epochs_completed=state.epoch, best_epoch=self.stopper.best_epoch, monitor=self.stopper.metric,
             best_val_loss=min(val_losses) if val_losses else None, best_val_acc=max(val_accs) if val_accs else None,
