@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import DIGITS, ROOT, lr_trace, run, summary
+from conftest import DIGITS, ROOT, history, lr_trace, run, summary
 
 from superconverge.budget import Costs, make_plan, parse_duration, parse_squeue_left, planned_steps
 from superconverge.config import ConfigError, load_config
@@ -102,3 +102,33 @@ def test_a_resumed_budgeted_run_keeps_its_plan_on_another_process_count(tmp_path
     result = summary(run_dir)
     assert result["budget"] == first["budget"] and result["times_resumed"] == 1
     assert_annealed(run_dir, result)
+
+
+# The entry point with the plan fixed at 2.5 epochs whatever the clock says: a partial last epoch, deterministically.
+PARTIAL = """
+import sys
+import superconverge.trainer
+from superconverge.budget import BudgetPlan
+from superconverge.cli import main
+
+def fixed(spec, costs, batches, max_epochs):
+    steps = 2 * batches + batches // 2
+    return BudgetPlan(25.0, 1.0, costs.step, costs.per_epoch, costs.end, steps, steps / batches)
+
+superconverge.trainer.plan_now = fixed
+sys.exit(main())
+"""
+
+
+def test_a_partial_last_epoch_validates_tests_and_resumes_inside_it_on_two_processes(tmp_path):
+    script, run_dir = tmp_path / "partial.py", tmp_path / "run"
+    script.write_text(PARTIAL)
+    run(budgeted(run_dir, "trainer.stop_after_steps=45"), script=script)
+    first = summary(run_dir)
+    assert first["stop_reason"] == "stop_after" and first["budget"]["steps"] == 50 and first["epochs_completed"] == 2
+    run(budgeted(run_dir), script=script, nproc=2)
+    result = summary(run_dir)
+    assert result["budget"] == first["budget"] and result["epochs_completed"] == 3
+    assert_annealed(run_dir, result)
+    records = history(run_dir)
+    assert [r["optimizer_steps"] for r in records] == [20, 40, 50] and records[-1]["val_acc"] is not None
