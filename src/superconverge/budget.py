@@ -31,6 +31,8 @@ EVAL_FRACTION_OF_STEP = 1 / 3
 # conservative disk speed, plus a fixed cost per save.
 SAVE_BYTES_PER_SECOND = 200e6
 SAVE_FIXED_SECONDS = 0.5
+# Set by `superconverge launch` for the one process it starts itself (torchelastic's workers find their launcher).
+LAUNCHER_PID = "SUPERCONVERGE_LAUNCHER_PID"
 # Global batches a fixed max_lr times before the cycle is planned (there is no range test to time):
 # the range test's smallest, as one sweep.
 WARMUP_STEPS = 10
@@ -96,7 +98,10 @@ def slurm_end_time(now: float) -> float:
 
 
 def command_start() -> float:
-    """Epoch seconds at which the user's command started: under torchelastic the launcher's, else this process's."""
+    """Epoch seconds at which the user's command started: the launcher's (``superconverge launch``'s, torchelastic's), else
+    this process's (a bare ``accelerate launch`` of one process: its own few seconds before the worker go uncounted)."""
+    if os.environ.get(LAUNCHER_PID):
+        return psutil.Process(int(os.environ[LAUNCHER_PID])).create_time()
     if "TORCHELASTIC_RUN_ID" in os.environ:
         from superconverge.orphan import launcher_pid
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from contextlib import contextmanager, suppress
 
 import psutil
 
+from superconverge.budget import LAUNCHER_PID
 from superconverge.errors import ExitCode, UserError, report_error
 
 RUN_COMMANDS = ("train", "lr-find")
@@ -212,6 +214,7 @@ def run_single_process(args: argparse.Namespace) -> None:
     from accelerate.utils import prepare_simple_launcher_cmd_env
 
     command, env = prepare_simple_launcher_cmd_env(args)
+    env[LAUNCHER_PID] = str(os.getpid())  # trainer.budget counts from this command's start
     process = subprocess.Popen(command, env=env, start_new_session=True)
     if process.wait() != 0:
         raise subprocess.CalledProcessError(process.returncode, command)

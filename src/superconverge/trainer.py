@@ -427,6 +427,15 @@ class Trainer:
         self.run_dir.close()
         return summary
 
+    def _budget_used(self) -> dict | None:
+        """The plan with the time the run used against it (every invocation's, from each process's start: not queue time).
+        A machine slower than measured shows as an overrun here; the plan itself is not re-made."""
+        plan = self.state.budget
+        if not plan:
+            return None
+        used = round(self.state.process_seconds, 3)
+        return {**plan, "used_seconds": used, "overrun_seconds": round(max(0.0, used - plan["budget_seconds"]), 3)}
+
     def _summary(self, reason: StopReason, test_loss: float | None, test_acc: float | None, final_lr: float | None) -> RunSummary:
         state, acc, layout = self.state, self.accelerator, self.layout
         history = [EpochRecord.from_dict(r) for r in state.history]
@@ -441,7 +450,7 @@ class Trainer:
             # the schedule
             max_lr=state.max_lr, max_lr_per_group=self.max_lr_per_group, lr_policy=state.lr_policy,
             lr_finder_seconds=round(state.lr_finder_seconds, 3), lr_suggestions=state.lr_suggestions,
-            optimizer_steps=state.optimizer_steps, total_optimizer_steps=state.total_steps, final_lr=final_lr, budget=state.budget,
+            optimizer_steps=state.optimizer_steps, total_optimizer_steps=state.total_steps, final_lr=final_lr, budget=self._budget_used(),
             # the scores
             epochs_completed=state.epoch, best_epoch=self.stopper.best_epoch, monitor=self.stopper.metric,
             best_val_loss=min(val_losses) if val_losses else None, best_val_acc=max(val_accs) if val_accs else None,
