@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import DIGITS, ROOT, history, lr_trace, run, summary
 
-from superconverge.budget import Costs, make_plan, parse_duration, parse_squeue_left, planned_steps
+from superconverge.budget import END_MARGIN_SECONDS, SAVE_FIXED_SECONDS, Costs, make_plan, parse_duration, parse_squeue_left, planned_steps
 from superconverge.config import ConfigError, load_config
 
 
@@ -58,7 +58,7 @@ def test_epochs_are_the_ceiling_and_one_step_the_floor():
 
 def test_costs_bound_evaluation_by_the_step_rate():
     costs = Costs.estimate(step=0.3, global_batch=100, val_samples=1000, test_samples=2000, state_bytes=0)
-    assert costs.per_epoch == pytest.approx(1.0 + 0.5) and costs.end == pytest.approx(2.0 + 5.0)
+    assert costs.per_epoch == pytest.approx(1.0 + SAVE_FIXED_SECONDS) and costs.end == pytest.approx(2.0 + END_MARGIN_SECONDS)
 
 
 def budgeted(run_dir, *overrides: str) -> list[str]:

@@ -24,13 +24,13 @@ from superconverge.errors import UserError
 # a `slurm` budget ends this long before the job's time limit.
 SLURM_SIGNAL_MARGIN_SECONDS = 180.0
 # Set aside for the end beyond the measured costs: process exit, the summary, the plots.
-END_MARGIN_SECONDS = 5.0
+END_MARGIN_SECONDS = 3.0
 # Evaluation has no backward pass and no optimizer step: about a third of a training step per sample.
 EVAL_FRACTION_OF_STEP = 1 / 3
 # A checkpoint writes the weights and about twice as much optimizer state (Adam's moments), at a
-# conservative disk speed, plus a fixed cost per save.
+# conservative disk speed, plus a fixed cost per save and epoch record (metrics, plots).
 SAVE_BYTES_PER_SECOND = 200e6
-SAVE_FIXED_SECONDS = 0.5
+SAVE_FIXED_SECONDS = 0.3
 # Set by `superconverge launch` for the one process it starts itself (torchelastic's workers find their launcher).
 LAUNCHER_PID = "SUPERCONVERGE_LAUNCHER_PID"
 # Global batches a fixed max_lr times before the cycle is planned (there is no range test to time):

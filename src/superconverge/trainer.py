@@ -17,7 +17,7 @@ from accelerate.utils import broadcast_object_list, is_compiled_module, set_seed
 from torch.utils.data import DataLoader
 
 from superconverge.batches import BatchLayout, EpochPlan, RankSampler
-from superconverge.budget import Costs, plan_now
+from superconverge.budget import Costs, command_start, plan_now
 from superconverge.checkpoint import BEST, LAST, CheckpointError, load_model_weights
 from superconverge.config import Config
 from superconverge.console import RunConsole
@@ -428,12 +428,13 @@ class Trainer:
         return summary
 
     def _budget_used(self) -> dict | None:
-        """The plan with the time the run used against it (every invocation's, from each process's start: not queue time).
+        """The plan with the time the run used against it: this command's, from its start, and earlier invocations' (from
+        their processes' starts), never queue time.
         A machine slower than measured shows as an overrun here; the plan itself is not re-made."""
         plan = self.state.budget
         if not plan:
             return None
-        used = round(self.state.process_seconds, 3)
+        used = round(self.clock.process_before + time.time() - command_start(), 3)  # this command's start: its launcher's
         return {**plan, "used_seconds": used, "overrun_seconds": round(max(0.0, used - plan["budget_seconds"]), 3)}
 
     def _summary(self, reason: StopReason, test_loss: float | None, test_acc: float | None, final_lr: float | None) -> RunSummary:
