@@ -1,12 +1,27 @@
-"""trainer.budget: the duration and squeue parsers, the plan's arithmetic, and budgeted digits runs (resumed too)."""
+"""trainer.budget: the duration and squeue parsers, the plan's and re-plan's arithmetic, the resizable one cycle, and
+budgeted digits runs (resumed, and slowed down mid-run)."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+import torch
 from conftest import DIGITS, ROOT, history, lr_trace, run, summary
 
-from superconverge.budget import END_MARGIN_SECONDS, SAVE_FIXED_SECONDS, Costs, make_plan, parse_duration, parse_squeue_left, planned_steps
+from superconverge.budget import (
+    END_MARGIN_SECONDS,
+    REPLAN_TOLERANCE,
+    SAVE_FIXED_SECONDS,
+    Costs,
+    make_plan,
+    parse_duration,
+    parse_squeue_left,
+    planned_steps,
+    replan,
+)
 from superconverge.config import ConfigError, load_config
+from superconverge.schedule import ResizableOneCycle
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("20m", 1200), ("2h30m", 9000), ("1h", 3600), ("1h2m3s", 3723)])
@@ -61,6 +76,67 @@ def test_costs_bound_evaluation_by_the_step_rate():
     assert costs.per_epoch == pytest.approx(1.0 + SAVE_FIXED_SECONDS) and costs.end == pytest.approx(2.0 + END_MARGIN_SECONDS)
 
 
+def test_a_replan_keeps_a_plan_that_still_fits_and_resizes_one_that_does_not():
+    plan = make_plan(100.0, 10.0, Costs(step=0.1, per_epoch=1.0, end=2.0), batches_per_epoch=50, max_epochs=100).record()
+    assert plan["steps"] == 730
+    # After 2 epochs (12 s) at 22 s used, the costs as planned: 76 s left pay for the 630 steps left (63 + 13 s).
+    assert replan(plan, 22.0, Costs(0.1, 1.0, 2.0), 100, 50, 100) is None
+    # Within the tolerance: the end moves by less than 1 % of the budget.
+    assert replan(plan, 22.0 + REPLAN_TOLERANCE * 100 * 0.9, Costs(0.1, 1.0, 2.0), 100, 50, 100) is None
+    # Twice as slow: an epoch costs 10 + 1 s; 76 s pay for 6 epochs (66 s), then (10 - 1) / 0.2 = 45 steps.
+    slower = replan(plan, 22.0, Costs(0.2, 1.0, 2.0), 100, 50, 100)
+    assert slower.steps == 100 + 6 * 50 + 45 and slower.at_step == 100 and slower.spent_seconds == 22.0
+    # Faster, up to the epochs' ceiling.
+    faster = replan(plan, 22.0, Costs(0.01, 1.0, 2.0), 100, 50, max_epochs=20)
+    assert faster.steps == 20 * 50
+    # A later re-plan compares with the last one's steps.
+    again = {**plan, "replans": [slower.record()]}
+    assert replan(again, 22.0, Costs(0.2, 1.0, 2.0), 100, 50, 100) is None
+
+
+def cycle(total: int, resize_at: int | None = None, new_total: int | None = None, state: dict | None = None) -> list[float]:
+    """The LRs a ResizableOneCycle gives its optimizer steps (resized after ``resize_at`` steps; from ``state``'s point)."""
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = ResizableOneCycle(optimizer, max_lr=0.1, total_steps=total, pct_start=0.25)
+    if state is not None:
+        schedule.load_state_dict(state)
+        optimizer.param_groups[0]["lr"] = schedule.get_last_lr()[0]
+    lrs = []
+    while schedule.last_epoch < (new_total or total):
+        if schedule.last_epoch == resize_at:
+            schedule.resize(new_total)
+            cycle.saved = schedule.state_dict()
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return lrs
+
+
+@pytest.mark.parametrize(("resize_at", "new_total"), [(10, 60), (60, 70), (60, 200), (60, 62), (10, 12)])
+def test_a_resized_cycle_stays_continuous_and_ends_annealed(resize_at, new_total):
+    plain, resized = cycle(100), cycle(100, resize_at, new_total)
+    assert len(resized) == new_total and resized[: resize_at + 1] == plain[: resize_at + 1]
+    assert resized[-1] == pytest.approx(0.1 / 25 / 1e4)
+    assert max(resized) <= 0.1 + 1e-12
+    # The rest is the old cycle's rest, sampled at new_total - resize_at evenly spaced positions: never a jump
+    # bigger than the old cycle's steepest step times the squeeze.
+    steepest = max(abs(a - b) for a, b in itertools.pairwise(plain))
+    squeeze = max(1.0, (99 - resize_at) / max(new_total - 1 - resize_at, 1))
+    assert max(abs(a - b) for a, b in itertools.pairwise(resized)) <= steepest * squeeze * 1.01 + 1e-12
+    if resize_at >= 25:  # past the peak: the annealing only goes down
+        assert all(a >= b for a, b in itertools.pairwise(resized[resize_at:]))
+
+
+def test_a_cycle_resized_to_less_than_two_more_steps_is_refused():
+    with pytest.raises(ValueError, match="at least 62"):
+        cycle(100, 60, 61)
+
+
+def test_a_resized_cycle_resumes_from_its_state():
+    whole = cycle(100, 40, 150)
+    assert cycle(100, state=cycle.saved, new_total=150) == whole[40:]
+
+
 def budgeted(run_dir, *overrides: str) -> list[str]:
     return DIGITS + [f"output_dir={run_dir}", "trainer.budget=25s", "trainer.epochs=50", *overrides]
 
@@ -68,11 +144,11 @@ def budgeted(run_dir, *overrides: str) -> list[str]:
 def assert_annealed(run_dir, result: dict) -> None:
     plan = result["budget"]
     assert result["stop_reason"] == "completed" and result["test_acc"] is not None
-    assert result["optimizer_steps"] == result["total_optimizer_steps"] == plan["steps"]
+    assert result["optimizer_steps"] == result["total_optimizer_steps"] == (plan.get("replans") or [plan])[-1]["steps"]
     assert plan["budget_seconds"] == 25 and 0 < plan["spent_seconds"] < 25 and plan["step_seconds"] > 0
     assert plan["used_seconds"] > 0 and plan["overrun_seconds"] == max(0.0, round(plan["used_seconds"] - 25, 3))
     trace = lr_trace(run_dir)["lr"]
-    assert len(trace) == plan["steps"]
+    assert len(trace) == result["total_optimizer_steps"]
     final = result["max_lr"] / (25 * 1e4)  # digits.yaml: default div_factor and final_div_factor
     assert trace[-1] == pytest.approx(final, rel=1e-3) and result["final_lr"] == pytest.approx(final, rel=1e-3)
 
@@ -82,8 +158,10 @@ def test_a_budgeted_run_ends_annealed_with_its_plan(tmp_path):
     proc = run(budgeted(run_dir))
     result = summary(run_dir)
     assert_annealed(run_dir, result)
-    assert result["epochs_completed"] == -(-result["budget"]["steps"] // 20) <= 50  # the last epoch maybe partial
+    assert result["epochs_completed"] == -(-result["total_optimizer_steps"] // 20) <= 50  # the last epoch maybe partial
     assert "optimizer steps =" in proc.stdout and f"-> {result['budget']['steps']} optimizer steps" in proc.stdout
+    for again in result["budget"].get("replans", []):
+        assert f"re-plan after step {again['at_step']} " in proc.stdout and again["at_step"] % 20 == 0  # at epoch ends
 
 
 def test_a_fixed_max_lr_is_timed_before_the_plan(tmp_path):
@@ -91,7 +169,7 @@ def test_a_fixed_max_lr_is_timed_before_the_plan(tmp_path):
     run(budgeted(run_dir, "schedule.max_lr=0.005", "trainer.budget=20s"))
     result = summary(run_dir)
     assert result["stop_reason"] == "completed" and result["budget"]["step_seconds"] > 0
-    assert result["optimizer_steps"] == result["budget"]["steps"]
+    assert result["optimizer_steps"] == result["total_optimizer_steps"]
 
 
 def test_a_resumed_budgeted_run_keeps_its_plan_on_another_process_count(tmp_path):
@@ -101,8 +179,9 @@ def test_a_resumed_budgeted_run_keeps_its_plan_on_another_process_count(tmp_path
     assert first["stop_reason"] == "stop_after" and first["optimizer_steps"] == 30
     run(budgeted(run_dir), nproc=2)
     result = summary(run_dir)
-    kept = ("budget_seconds", "spent_seconds", "step_seconds", "steps", "epochs")  # the plan; used_seconds grows
+    kept = ("budget_seconds", "spent_seconds", "step_seconds", "steps", "epochs")  # the first plan; used_seconds grows
     assert [result["budget"][k] for k in kept] == [first["budget"][k] for k in kept] and result["times_resumed"] == 1
+    assert result["budget"].get("replans", [])[: len(first["budget"].get("replans", []))] == first["budget"].get("replans", [])
     assert_annealed(run_dir, result)
 
 
@@ -118,6 +197,7 @@ def fixed(spec, costs, batches, max_epochs):
     return BudgetPlan(25.0, 1.0, costs.step, costs.per_epoch, costs.end, steps, steps / batches)
 
 superconverge.trainer.plan_now = fixed
+superconverge.trainer.replan = lambda *args: None
 sys.exit(main())
 """
 
@@ -134,3 +214,47 @@ def test_a_partial_last_epoch_validates_tests_and_resumes_inside_it_on_two_proce
     assert_annealed(run_dir, result)
     records = history(run_dir)
     assert [r["optimizer_steps"] for r in records] == [20, 40, 50] and records[-1]["val_acc"] is not None
+
+
+# A user's model that turns slow after its 60th training forward on each rank, as on a node another job starts sharing.
+SLOWING = """
+import time
+
+import torch
+
+
+class Slowing(torch.nn.Module):
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.fc = torch.nn.Linear(in_channels * 64, num_classes)
+        self.forwards = 0
+
+    def forward(self, x):
+        if self.training:
+            self.forwards += 1
+            if self.forwards > 60:
+                time.sleep(0.05)
+        return self.fc(x.flatten(1))
+
+
+def net(num_classes, in_channels):
+    return Slowing(num_classes, in_channels)
+"""
+
+
+def test_a_run_that_slows_down_is_replanned_shorter_and_still_ends_annealed_on_two_processes(tmp_path):
+    (tmp_path / "slowing.py").write_text(SLOWING)
+    run_dir = tmp_path / "run"
+    run(budgeted(run_dir, "model.name=slowing:net", "model.head=null", "trainer.budget=30s", "trainer.channels_last=false"),
+        nproc=2, env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    result = summary(run_dir)
+    plan = result["budget"]
+    slowed = [again for again in plan.get("replans", []) if again["step_seconds"] >= 0.05]
+    # A forward of 50 ms more per step: the first re-plan that measured it cut the cycle short of what was planned before.
+    assert slowed, plan
+    before = ([plan] + plan["replans"])[plan["replans"].index(slowed[0])]["steps"]
+    assert slowed[0]["steps"] < before and slowed[0]["at_step"] % 10 == 0  # 10 global batches per epoch on 2 processes
+    trace = lr_trace(run_dir)["lr"]
+    assert len(trace) == result["optimizer_steps"] == result["total_optimizer_steps"] == plan["replans"][-1]["steps"]
+    assert trace[-1] == pytest.approx(result["max_lr"] / (25 * 1e4), rel=1e-3) and result["stop_reason"] == "completed"
+    assert max(trace) <= result["max_lr"] * (1 + 1e-6)

@@ -5,6 +5,11 @@ model is ready (start-up, data and the range test are spent) pays, epoch by epoc
 training steps at the measured step time plus each epoch's validation and checkpoint; the end
 (the test split and a fixed margin) is set aside first. The cycle is as many optimizer steps as
 that pays for, at most ``trainer.epochs`` epochs; the last epoch may be partial.
+
+The first plan estimates validation and save costs; after every epoch the costs that epoch
+measured re-plan the rest (``replan``), so a wrong estimate or a machine that slows down or speeds
+up moves the cycle's end back to the budget. The schedule's remaining positions are then spread
+over the new remaining steps (``schedule.ResizableOneCycle``): still one cycle, ending annealed.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ SAVE_BYTES_PER_SECOND = 200e6
 SAVE_FIXED_SECONDS = 0.3
 # Set by `superconverge launch` for the one process it starts itself (torchelastic's workers find their launcher).
 LAUNCHER_PID = "SUPERCONVERGE_LAUNCHER_PID"
+# A re-plan changes the cycle only when the measured costs move its end by more than this share of
+# the budget: small noise leaves the plan alone, a real drift (or a wrong first estimate) does not.
+REPLAN_TOLERANCE = 0.01
 # Global batches a fixed max_lr times before the cycle is planned (there is no range test to time):
 # the range test's smallest, as one sweep.
 WARMUP_STEPS = 10
@@ -139,14 +147,16 @@ class BudgetPlan:
     step_seconds: float
     epoch_extra_seconds: float
     end_seconds: float
-    steps: int
+    steps: int  # the cycle's optimizer steps in all
     epochs: float  # steps / batches per epoch: a fraction where the last epoch is partial
+    at_step: int = 0  # made after this many optimizer steps (a re-plan's)
 
     def record(self) -> dict:
         return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
 
     def describe(self) -> str:
-        return (f"budget {self.budget_seconds:.1f}s: spent {self.spent_seconds:.1f}s, step {self.step_seconds:.4f}s, "
+        what = f"re-plan after step {self.at_step}" if self.at_step else "budget"
+        return (f"{what} {self.budget_seconds:.1f}s: spent {self.spent_seconds:.1f}s, step {self.step_seconds:.4f}s, "
                 f"per epoch +{self.epoch_extra_seconds:.2f}s (validation, save), end {self.end_seconds:.1f}s "
                 f"-> {self.steps} optimizer steps = {self.epochs:.2f} epochs")  # fmt: skip
 
@@ -163,6 +173,11 @@ def planned_steps(left: float, costs: Costs, batches_per_epoch: int, max_epochs:
     return max(steps, 1)
 
 
+def cycle_seconds(steps: int, costs: Costs, batches_per_epoch: int) -> float:
+    """What ``steps`` more optimizer steps from an epoch boundary cost, each epoch begun with its validation and save."""
+    return steps * costs.step + math.ceil(steps / batches_per_epoch) * costs.per_epoch
+
+
 def make_plan(budget: float, spent: float, costs: Costs, batches_per_epoch: int, max_epochs: int) -> BudgetPlan:
     steps = planned_steps(budget - spent - costs.end, costs, batches_per_epoch, max_epochs)
     return BudgetPlan(budget, spent, costs.step, costs.per_epoch, costs.end, steps, steps / batches_per_epoch)
@@ -173,3 +188,17 @@ def plan_now(spec: str, costs: Costs, batches_per_epoch: int, max_epochs: int) -
     start, now = command_start(), time.time()
     end = deadline(spec, start, now)
     return make_plan(end - start, now - start, costs, batches_per_epoch, max_epochs)
+
+
+def replan(plan: dict, used: float, costs: Costs, done: int, batches_per_epoch: int, max_epochs: int) -> BudgetPlan | None:
+    """The cycle re-sized at an epoch boundary (after ``done`` optimizer steps, ``used`` seconds of the budget) to the
+    costs measured so far; None while the current plan ends within REPLAN_TOLERANCE of the budget."""
+    budget, total = plan["budget_seconds"], (plan.get("replans") or [plan])[-1]["steps"]
+    left = budget - used - costs.end
+    if abs(cycle_seconds(total - done, costs, batches_per_epoch) - left) <= REPLAN_TOLERANCE * budget:
+        return None
+    # At least 2 more steps: the next one's LR is set already, the one after it ends the cycle annealed.
+    steps = done + max(2, planned_steps(left, costs, batches_per_epoch, max_epochs - done // batches_per_epoch))
+    if steps == total:
+        return None
+    return BudgetPlan(budget, used, costs.step, costs.per_epoch, costs.end, steps, steps / batches_per_epoch, done)

@@ -187,7 +187,8 @@ class TrainerConfig(Section):
     epochs: PositiveInt = Field(5, description="the length of the cycle; with `budget`, its ceiling")
     budget: str | None = Field(None, description="size the cycle to end within a wall-clock time from the command's start: "
                                "a duration (`90s`, `20m`, `2h30m`) or `slurm` (the job's time left, less 3 minutes for the "
-                               "preemption signal); the last epoch may be partial. null: `epochs` epochs")  # fmt: skip
+                               "preemption signal); the last epoch may be partial, and every epoch's measured costs re-size the rest of "
+                               "the cycle. null: `epochs` epochs")  # fmt: skip
     grad_accum_steps: PositiveInt = Field(1, description="micro-batches per optimizer step on each process (Accelerate)")
     mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(None, description="null: what `accelerate launch` says "
                                                                   "(a bare `no` means `no`, not false)")  # fmt: skip

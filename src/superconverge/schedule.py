@@ -62,13 +62,46 @@ def group_max_lrs(optimizer: torch.optim.Optimizer, max_lr: float) -> list[float
     return [max_lr * group[LR_SCALE] for group in optimizer.param_groups]
 
 
-def build_one_cycle(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int) -> OneCycleLR:
+class ResizableOneCycle(OneCycleLR):
+    """torch's OneCycleLR whose remaining length can be changed in flight (``trainer.budget``'s re-plan).
+
+    Written here because no scheduler re-sizes a cycle under way: restarting OneCycleLR with a new
+    ``total_steps`` would make the LR jump. Here the rest of the cycle is stretched or squeezed over the
+    new remaining steps (from the current step on, the cycle's position moves ``rate`` per step instead
+    of 1), so LR and momentum stay continuous, warm-up and annealing keep their shapes, and the last
+    step is at the final LR. The map is in ``state_dict`` (a resumed run keeps it).
+    """
+
+    warp: tuple[int, float, float] = (0, 0.0, 1.0)  # (step s0, position p0, rate): position = p0 + (step - s0) * rate
+
+    def position(self, step: int) -> float:
+        s0, p0, rate = self.warp
+        return min(p0 + (step - s0) * rate, float(self.total_steps))  # past the end only after the last step
+
+    def resize(self, total: int) -> None:
+        """The cycle ends after ``total`` optimizer steps in all: at least 2 more, since the next step's LR is already set."""
+        step, end = self.last_epoch, self.total_steps - 1  # OneCycleLR reaches its final LR at position total_steps - 1
+        if total < step + 2:
+            raise ValueError(f"a cycle resized after {step} steps needs at least {step + 2} in all, not {total}")
+        here = self.position(step)
+        self.warp = (step, here, (end - here) / (total - 1 - step))
+
+    def get_lr(self) -> list[float]:
+        step = self.last_epoch
+        self.last_epoch = self.position(step)  # OneCycleLR's formula takes a fractional position as it is
+        try:
+            return super().get_lr()
+        finally:
+            self.last_epoch = step
+
+
+def build_one_cycle(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int) -> ResizableOneCycle:
     """OneCycleLR over exactly ``total_steps`` optimizer steps.
 
     The trainer steps it itself once per optimizer step (the Accelerator is built with
     ``step_scheduler_with_optimizer=False``), so its length does not depend on the process count.
     """
-    return OneCycleLR(
+    return ResizableOneCycle(
         optimizer,
         max_lr=group_max_lrs(optimizer, max_lr),  # one peak per group, the head's at max_lr
         total_steps=total_steps,

@@ -17,7 +17,7 @@ from accelerate.utils import broadcast_object_list, is_compiled_module, set_seed
 from torch.utils.data import DataLoader
 
 from superconverge.batches import BatchLayout, EpochPlan, RankSampler
-from superconverge.budget import Costs, command_start, plan_now
+from superconverge.budget import END_MARGIN_SECONDS, BudgetPlan, Costs, command_start, plan_now, replan
 from superconverge.checkpoint import BEST, LAST, CheckpointError, load_model_weights
 from superconverge.config import Config
 from superconverge.console import RunConsole
@@ -61,7 +61,7 @@ class TrainState:
     wall_seconds: float = 0.0  # in the trainer (from its construction), over every invocation
     process_seconds: float = 0.0  # from each process's start (start-up, data, range test included), over every invocation
     resumed: int = 0
-    budget: dict | None = None  # trainer.budget's plan (BudgetPlan.record), made once: a resumed run keeps total_steps
+    budget: dict | None = None  # trainer.budget's first plan (BudgetPlan.record) and its `replans`; a resumed run keeps them
     config: dict = field(default_factory=dict)  # the config this state was made under (a resume may change only some keys)
 
     @classmethod
@@ -89,6 +89,8 @@ class RunClock:
     epoch_began: float = 0.0
     train_began: float = 0.0  # training time since here is not banked yet (a save in between is not training)
     epoch_marks: tuple[float, float] = (0.0, 0.0)  # the state's train seconds and images when the epoch began
+    epoch_steps: int = 0  # the state's optimizer steps when the epoch began
+    val_seconds: float = 0.0  # the last validation's
     last_lr: float | None = None
 
     @classmethod
@@ -96,7 +98,7 @@ class RunClock:
         return cls(state.wall_seconds, state.process_seconds, state.optimizer_steps, state.epoch)
 
     def start_epoch(self, state: TrainState) -> None:
-        self.epoch_marks = (state.train_seconds, state.train_images)
+        self.epoch_marks, self.epoch_steps = (state.train_seconds, state.train_images), state.optimizer_steps
         self.epoch_began = self.train_began = time.perf_counter()
 
     def clock_in(self, state: TrainState) -> None:
@@ -273,6 +275,8 @@ class Trainer:
                 self.console.end_epoch(record)
                 self.tracking.log({f"epoch/{k}": v for k, v in record.numbers().items()}, step=state.optimizer_steps)
                 reason = self._stop_reason()
+                if reason is None and state.budget:
+                    self._replan()
         except TrainingDiverged:
             self._finish(StopReason.DIVERGED)
             raise
@@ -389,7 +393,9 @@ class Trainer:
         """The finished epoch's record: its training totals, the validation split's (collectives), its time and rate."""
         state = self.state
         train_loss, train_acc = SplitTotals.summarize(state.train_totals, self.task.classifies)
+        began = time.perf_counter()
         val_loss, val_acc, val_count = self.evaluate(self.val_loader, "validation")
+        self.clock.val_seconds = time.perf_counter() - began
         seconds, images = state.train_seconds - self.clock.epoch_marks[0], state.train_images - self.clock.epoch_marks[1]
         return EpochRecord(epoch=state.epoch + 1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
                            train_samples=int(state.train_totals[2]), val_samples=val_count, lr=self.clock.last_lr,
@@ -427,14 +433,47 @@ class Trainer:
         self.run_dir.close()
         return summary
 
+    def _replan(self) -> None:
+        """At an epoch boundary, re-size the rest of a budget's cycle to the costs this epoch measured (rank 0's decision,
+        broadcast: every rank re-sizes alike; the next checkpoint keeps it)."""
+        plans = [self._measured_replan() if self.accelerator.is_main_process else None]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(plans)
+        if plans[0] is None:
+            return
+        state = self.state
+        state.budget = {**state.budget, "replans": [*state.budget.get("replans", []), plans[0].record()]}
+        state.total_steps = plans[0].steps
+        self.scheduler.scheduler.resize(state.total_steps)
+        self.console.epochs = self.epochs
+        self.console.line(plans[0].describe())
+
+    def _measured_replan(self) -> BudgetPlan | None:
+        """Costs from the epoch just ended: its step time, the rest of its wall (validation, saves, records), and the test
+        split at the validation's rate per sample (the first plan's estimate without a validation split)."""
+        state, clock, data = self.state, self.clock, self.task.data
+        steps = state.optimizer_steps - clock.epoch_steps
+        if steps <= 0:
+            return None
+        train = state.train_seconds - clock.epoch_marks[0]
+        end = state.budget["end_seconds"]
+        if data.val is not None and data.test is not None:
+            end = clock.val_seconds * len(data.test) / len(data.val) + END_MARGIN_SECONDS
+        costs = Costs(train / steps, time.perf_counter() - clock.epoch_began - train, end)
+        return replan(state.budget, self._used_seconds(), costs, state.optimizer_steps, self.plan.batches_per_epoch,
+                      self.cfg.trainer.epochs)  # fmt: skip
+
+    def _used_seconds(self) -> float:
+        """The budget's time used: this command's, from its start (its launcher's), and earlier invocations' (from their
+        processes' starts); never time spent in a queue."""
+        return self.clock.process_before + time.time() - command_start()
+
     def _budget_used(self) -> dict | None:
-        """The plan with the time the run used against it: this command's, from its start, and earlier invocations' (from
-        their processes' starts), never queue time.
-        A machine slower than measured shows as an overrun here; the plan itself is not re-made."""
+        """The plan and its re-plans with the time the run used against them."""
         plan = self.state.budget
         if not plan:
             return None
-        used = round(self.clock.process_before + time.time() - command_start(), 3)  # this command's start: its launcher's
+        used = round(self._used_seconds(), 3)
         return {**plan, "used_seconds": used, "overrun_seconds": round(max(0.0, used - plan["budget_seconds"]), 3)}
 
     def _summary(self, reason: StopReason, test_loss: float | None, test_acc: float | None, final_lr: float | None) -> RunSummary:
