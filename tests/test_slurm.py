@@ -28,11 +28,17 @@ def cluster(tmp_path_factory):
     cluster.stop()
 
 
-def submit(cluster, run_dir, *overrides):
+def submit(cluster, run_dir, *overrides, sbatch: tuple[str, ...] = ()):
     log = run_dir.parent / f"{run_dir.name}.out"
-    job_id = cluster.sbatch(f"--chdir={ROOT}", f"--output={log}", "--export=ALL", str(ROOT / "slurm" / "single_node.sbatch"),
+    job_id = cluster.sbatch(f"--chdir={ROOT}", f"--output={log}", "--export=ALL", *sbatch, str(ROOT / "slurm" / "single_node.sbatch"),
                             *DIGITS[1:], *overrides, env={**JOB_ENV, "RUN_DIR": str(run_dir)})  # fmt: skip
     return job_id, log
+
+
+def assert_annealed_cycle(run_dir, result):
+    trace = json.loads((run_dir / "lr_trace.json").read_text())["lr"]
+    assert result["stop_reason"] == "completed" and result["optimizer_steps"] == result["total_optimizer_steps"] == len(trace)
+    assert trace[-1] == result["final_lr"] == pytest.approx(result["max_lr"] / (25 * 1e4), rel=1e-3)  # digits: default divs
 
 
 def wait_for_first_epoch(run_dir, log, limit=180):
@@ -74,6 +80,38 @@ def test_preempted_job_requeues_and_resumes_the_same_schedule(cluster, tmp_path)
     assert [r["epoch"] for r in history(run_dir)] == list(range(1, 13))
     trace = json.loads((run_dir / "lr_trace.json").read_text())
     assert len(trace["lr"]) == result["total_optimizer_steps"] and trace["lr"][-1] == result["final_lr"]
+
+
+def test_a_slurm_budget_ends_annealed_before_the_time_limit_without_a_requeue(cluster, tmp_path):
+    """trainer.budget=slurm under `sbatch --time=4`: the job's time left (squeue) less the 3 minutes the preemption
+    signal keeps, from the launcher's start; far more epochs than fit, so the budget sizes the cycle."""
+    run_dir = tmp_path / "run"
+    job_id, log = submit(cluster, run_dir, "trainer.epochs=500", "trainer.budget=slurm", sbatch=("--time=4",))
+    info = cluster.wait(job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=300)
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "0" and "requeueing" not in text, text[-3000:]
+    result = summary(run_dir)
+    plan = result["budget"]
+    assert 30 < plan["budget_seconds"] <= 62 and plan["spent_seconds"] < plan["budget_seconds"], plan  # SLURM: whole seconds
+    assert result["epochs_completed"] < 500 and not result["resumed"]
+    assert_annealed_cycle(run_dir, result)
+    hours, minutes, seconds = map(int, info["RunTime"].split(":"))
+    assert hours * 3600 + minutes * 60 + seconds < 4 * 60
+
+
+def test_a_requeued_budgeted_job_resumes_its_plan(cluster, tmp_path):
+    """Preempted after its first epoch: the requeued job keeps the first invocation's plan (its re-plans count the run's
+    own time, not the queue's) and ends annealed."""
+    run_dir = tmp_path / "run"
+    job_id, log = submit(cluster, run_dir, "trainer.epochs=500", "trainer.budget=40s", "trainer.preemption_check_steps=2")
+    wait_for_first_epoch(run_dir, log)
+    text = preempt_and_finish(cluster, job_id, log)
+    result = summary(run_dir)
+    plan = result["budget"]
+    first = [line for line in text.splitlines() if " budget 40.0s: " in line]
+    assert len(first) == 1 and first[0].endswith(f"-> {plan['steps']} optimizer steps = {plan['epochs']:.2f} epochs"), first
+    assert result["resumed"] and result["times_resumed"] == 1 and result["epochs_completed"] < 500
+    assert_annealed_cycle(run_dir, result)
 
 
 def test_multi_node_launch_forms_one_job_across_two_machines(tmp_path):
