@@ -47,6 +47,28 @@ def test_a_run_made_off_the_main_thread_leaves_signals_alone():
     assert not failures and signal.getsignal(signal.SIGTERM) == before
 
 
+TWICE = """
+import os, signal, sys, time
+from superconverge.signals import StopSignals
+with StopSignals(watch_parent=False) as stop:
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)  # the same request delivered twice: one request
+    time.sleep(0.2)
+    print("requests", stop.signals_seen, stop.reason, flush=True)
+    time.sleep(float(sys.argv[1]))
+    os.kill(os.getpid(), signal.SIGTERM)  # a second request: stop at once
+    time.sleep(0.5)
+    print("still running", flush=True)
+"""
+
+
+@pytest.mark.parametrize(("gap", "code"), [(1.5, 128 + signal.SIGTERM), (0.0, 0)])
+def test_a_signal_delivered_twice_at_once_is_one_request_and_a_later_one_stops_at_once(gap, code):
+    proc = subprocess.run([sys.executable, "-c", TWICE, str(gap)], env=ENV, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.startswith("requests 1 SIGTERM\n") and proc.returncode == code, (proc.stdout, proc.stderr)
+    assert ("still running" in proc.stdout) == (code == 0)
+
+
 ORPHAN = """
 import sys, time
 from superconverge.signals import StopSignals

@@ -35,6 +35,10 @@ from superconverge.errors import ExitCode, report_error, say
 from superconverge.orphan import LAUNCHER_GONE, launcher_pid
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+# The same signal again this soon after the first is one request delivered twice (SLURM signals every process of a
+# step, a `scancel` TERM reaches the batch shell's whole process group, a launcher passes on what its ranks also got);
+# a person's second Ctrl-C to stop at once comes later.
+DUPLICATE_SECONDS = 1.0
 
 
 def under_launcher() -> bool:
@@ -49,6 +53,7 @@ class StopSignals:
         self.orphan_grace_seconds, self.poll_seconds = orphan_grace_seconds, poll_seconds
         self.watch_parent = under_launcher() if watch_parent is None else watch_parent
         self.signals_seen = 0
+        self._first: tuple[int, float] | None = None  # the first stop signal and when it came
         self.reason: str | None = None
         self.training = False  # set by the trainer once its loop (and so a checkpoint) can answer a stop
         self._previous: dict[int, object] = {}
@@ -81,6 +86,10 @@ class StopSignals:
         return ExitCode.INTERRUPTED if self.reason == signal.SIGINT.name else ExitCode.REQUEUE
 
     def _on_signal(self, signum: int, frame) -> None:
+        first = self._first
+        if first is not None and first[0] == signum and time.monotonic() - first[1] < DUPLICATE_SECONDS:
+            return  # the same request delivered twice (by the launcher or batch script and directly): one request
+        self._first = self._first or (signum, time.monotonic())
         self._request(signal.Signals(signum).name)
         if self.signals_seen > 1:
             os._exit(128 + signum)  # a second signal: stop now (the last checkpoint stays whole)
