@@ -28,9 +28,9 @@ from superconverge.errors import UserError
 # The batch script's preemption signal (e.g. ``--signal=B:USR1@120``) must still find time to act:
 # a `slurm` budget ends this long before the job's time limit.
 SLURM_SIGNAL_MARGIN_SECONDS = 180.0
-# Set aside for the end beyond the measured costs: the summary, the plots and the processes' exit (about 3 s on a
+# Set aside for the end beyond the measured costs: the summary, the plots and the processes' exit (2.3-2.9 s measured on a
 # loaded 2-core machine after summary.json is written).
-END_MARGIN_SECONDS = 5.0
+END_MARGIN_SECONDS = 3.5
 # Evaluation has no backward pass and no optimizer step: about a third of a training step per sample.
 EVAL_FRACTION_OF_STEP = 1 / 3
 # A checkpoint writes the weights and about twice as much optimizer state (Adam's moments), at a
