@@ -83,7 +83,7 @@ def steepest(lrs, losses, skip_start: int = 10, skip_end: int = 5) -> float:
 # ---- the systems (each runs in its own process tree; the driver measures it) ----
 
 
-def run_seed_loop(out: Path) -> dict:
+def run_seed_loop(out: Path, epochs: int = EPOCHS) -> dict:
     from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
     data, _ = job_data()
@@ -102,8 +102,8 @@ def run_seed_loop(out: Path) -> dict:
     max_lr = steepest(finder.history["lr"], finder.history["loss"])
     finder.reset()
     range_seconds = time.perf_counter() - started
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr, epochs=EPOCHS, steps_per_epoch=len(train), pct_start=PCT_START)
-    for _ in range(EPOCHS):
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr, epochs=epochs, steps_per_epoch=len(train), pct_start=PCT_START)
+    for _ in range(epochs):
         model.train()
         for images, labels in train:
             F.cross_entropy(model(data.train_transform(images, generator)), labels).backward()
@@ -150,7 +150,9 @@ def run_fastai(out: Path) -> dict:
     return {"max_lr": max_lr, "range_test_seconds": range_seconds, "test_acc": accuracy(learn.model, test, data)}
 
 
-def run_lightning(out: Path) -> dict:
+def run_lightning(out: Path, max_time: float | None = None) -> dict:
+    """``max_time`` (seconds): Lightning's own stop (its Timer, counted from the training loop's start, so without the start-up
+    and the range test), with the cycle still sized for EPOCHS epochs: it stops mid-cycle, not annealed."""
     import lightning as L
     from lightning.pytorch.tuner import Tuner
 
@@ -176,8 +178,9 @@ def run_lightning(out: Path) -> dict:
             return loaders(data, GLOBAL_BATCH // 2)[0]  # per process: 2 DDP processes make the global batch
 
     module = Module()
-    trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False,
-                        enable_model_summary=False, logger=False, enable_checkpointing=False)  # fmt: skip
+    trainer = L.Trainer(max_epochs=EPOCHS, max_time=None if max_time is None else {"seconds": max_time}, accelerator="cpu", devices=2,
+                        strategy="ddp", enable_progress_bar=False, enable_model_summary=False, logger=False,
+                        enable_checkpointing=False)  # fmt: skip
     started = time.perf_counter()
     Tuner(trainer).lr_find(module, update_attr=True)  # as its docs show: the suggestion goes into module.lr
     range_seconds = time.perf_counter() - started
@@ -185,7 +188,9 @@ def run_lightning(out: Path) -> dict:
     trainer.fit(module)
     if trainer.global_rank != 0:
         sys.exit(0)
-    return {"max_lr": max_lr, "range_test_seconds": range_seconds, "test_acc": accuracy(module.model, loaders(data, 512)[2], data)}
+    return {"max_lr": max_lr, "range_test_seconds": range_seconds, "test_acc": accuracy(module.model, loaders(data, 512)[2], data),
+            "optimizer_steps": trainer.global_step, "total_optimizer_steps": trainer.estimated_stepping_batches,
+            "final_lr": trainer.optimizers[0].param_groups[0]["lr"]}  # fmt: skip
 
 
 RUNNERS = {"seed_loop": run_seed_loop, "fastai": run_fastai, "lightning": run_lightning}
@@ -194,28 +199,30 @@ RUNNERS = {"seed_loop": run_seed_loop, "fastai": run_fastai, "lightning": run_li
 # ---- the driver ----
 
 
-def measured(command: list[str], env: dict) -> tuple[float, float]:
-    """Wall and CPU seconds (user + system) of a command's whole process tree.
+def measured(command: list[str], env: dict, log: Path | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system) of a command's whole process tree; its output to ``log`` (else a temporary file).
 
     Polled, because not every launcher waits for its children (RUSAGE_CHILDREN would miss them):
-    the last CPU times seen for each process of the tree are summed.
+    the last CPU times seen for each process of the tree are summed. The output goes to a file, not a
+    pipe nobody reads until the end (a chatty run would fill the pipe and block).
     """
     import psutil
 
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    root, seen = psutil.Process(proc.pid), {}
-    while proc.poll() is None:
-        with contextlib.suppress(psutil.Error):
-            for member in [root, *root.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    times = member.cpu_times()
-                    seen[member.pid] = times.user + times.system
-        time.sleep(0.2)
-    _, stderr = proc.communicate()
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}:\n{stderr[-3000:]}")
+    with open(log, "w+") if log is not None else tempfile.TemporaryFile("w+") as output:
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+        root, seen = psutil.Process(proc.pid), {}
+        while proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                for member in [root, *root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        times = member.cpu_times()
+                        seen[member.pid] = times.user + times.system
+            time.sleep(0.2)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            output.seek(0)
+            raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}:\n{output.read()[-3000:]}")
     return wall, sum(seen.values())
 
 
@@ -272,10 +279,13 @@ def main() -> None:
     parser.add_argument("--systems", nargs="*", default=list(SYSTEMS))
     parser.add_argument("--system", help=argparse.SUPPRESS)  # internal: run one peer in this process
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, help=argparse.SUPPRESS)  # internal: the seed loop's epochs (time_to_accuracy)
+    parser.add_argument("--max-time", type=float, help=argparse.SUPPRESS)  # internal: Lightning's max_time seconds (time_to_accuracy)
     args = parser.parse_args()
     if args.system:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-        result = RUNNERS[args.system](args.out)
+        options = {"epochs": args.epochs, "max_time": args.max_time}
+        result = RUNNERS[args.system](args.out, **{key: value for key, value in options.items() if value is not None})
         args.out.write_text(json.dumps(result))
         return
     results: dict[str, list[dict]] = {name: [] for name in args.systems}
