@@ -258,3 +258,12 @@ def test_a_run_that_slows_down_is_replanned_shorter_and_still_ends_annealed_on_t
     assert len(trace) == result["optimizer_steps"] == result["total_optimizer_steps"] == plan["replans"][-1]["steps"]
     assert trace[-1] == pytest.approx(result["max_lr"] / (25 * 1e4), rel=1e-3) and result["stop_reason"] == "completed"
     assert max(trace) <= result["max_lr"] * (1 + 1e-6)
+
+
+def test_a_budget_that_leaves_no_time_to_train_is_refused_on_every_rank(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run(budgeted(run_dir, "trainer.budget=2s"), nproc=2, check=False)
+    said = "superconverge: error: trainer.budget=2s leaves no time to train"
+    lines = [line for line in proc.stderr.splitlines() if line.startswith((said, f"[rank 1] {said}"))]
+    assert proc.returncode != 0 and len(lines) == 2, proc.stderr[-3000:]  # one line from each rank (torchelastic repeats them)
+    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())

@@ -42,6 +42,8 @@ LAUNCHER_PID = "SUPERCONVERGE_LAUNCHER_PID"
 # A re-plan changes the cycle only when the measured costs move its end by more than this share of
 # the budget: small noise leaves the plan alone, a real drift (or a wrong first estimate) does not.
 REPLAN_TOLERANCE = 0.01
+# Fewer optimizer steps than this are not a training run: a budget that pays for less is refused.
+MIN_STEPS = 10
 # Global batches a fixed max_lr times before the cycle is planned (there is no range test to time):
 # the range test's smallest, as one sweep.
 WARMUP_STEPS = 10
@@ -51,7 +53,7 @@ _SQUEUE_LEFT = re.compile(r"(?:(?:(\d+)-)?(\d+):)?(\d+):(\d+)")
 
 
 class BudgetError(UserError):
-    """The SLURM job's remaining time cannot be read."""
+    """The SLURM job's remaining time cannot be read, or the budget leaves no time to train."""
 
 
 def parse_duration(text: str) -> float:
@@ -179,7 +181,14 @@ def cycle_seconds(steps: int, costs: Costs, batches_per_epoch: int) -> float:
 
 
 def make_plan(budget: float, spent: float, costs: Costs, batches_per_epoch: int, max_epochs: int) -> BudgetPlan:
-    steps = planned_steps(budget - spent - costs.end, costs, batches_per_epoch, max_epochs)
+    left = budget - spent - costs.end
+    if left < MIN_STEPS * costs.step + costs.per_epoch:
+        raise BudgetError(
+            f"trainer.budget={budget:.0f}s leaves no time to train: {spent:.1f}s went before training (start-up, data, "
+            f"the range test) and the end needs {costs.end:.1f}s (test split, exit), but {MIN_STEPS} steps and a validation "
+            f"cost {MIN_STEPS * costs.step + costs.per_epoch:.1f}s more. Give a longer budget, or trainer.epochs without one"
+        )
+    steps = planned_steps(left, costs, batches_per_epoch, max_epochs)
     return BudgetPlan(budget, spent, costs.step, costs.per_epoch, costs.end, steps, steps / batches_per_epoch)
 
 

@@ -17,7 +17,7 @@ from accelerate.utils import broadcast_object_list, is_compiled_module, set_seed
 from torch.utils.data import DataLoader
 
 from superconverge.batches import BatchLayout, EpochPlan, RankSampler
-from superconverge.budget import END_MARGIN_SECONDS, BudgetPlan, Costs, command_start, plan_now, replan
+from superconverge.budget import END_MARGIN_SECONDS, BudgetError, BudgetPlan, Costs, command_start, plan_now, replan
 from superconverge.checkpoint import BEST, LAST, CheckpointError, load_model_weights
 from superconverge.config import Config
 from superconverge.console import RunConsole
@@ -184,10 +184,16 @@ class Trainer:
         state_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         costs = Costs.estimate(step_seconds or 0.0, self.layout.global_batch, len(data.val) if data.val is not None else 0,
                                len(data.test) if data.test is not None else 0, state_bytes)  # fmt: skip
-        plans = [plan_now(cfg.trainer.budget, costs, self.plan.batches_per_epoch, cfg.trainer.epochs) if self.accelerator.is_main_process
-                 else None]  # fmt: skip
+        plans: list[BudgetPlan | str | None] = [None]
+        if self.accelerator.is_main_process:
+            try:
+                plans[0] = plan_now(cfg.trainer.budget, costs, self.plan.batches_per_epoch, cfg.trainer.epochs)
+            except BudgetError as e:
+                plans[0] = str(e)  # every rank raises it
         if world > 1:
             broadcast_object_list(plans)
+        if isinstance(plans[0], str):
+            raise BudgetError(plans[0])
         self.console.line(plans[0].describe())
         return plans[0].steps, plans[0].record()
 
