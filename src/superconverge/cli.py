@@ -31,12 +31,13 @@ from superconverge.console import RunConsole
 from superconverge.errors import ExitCode, UserError, report_error, report_error_on_every_rank, say
 from superconverge.launcher import launch_main
 from superconverge.lr_finder import MaxLRChoice, find_max_lr, measure_curve
+from superconverge.race import CANDIDATES_DIR, RACE_FILE, Race, RaceLost, candidate_config, candidate_name, crown, entry_after, fresh_task
 from superconverge.records import RunSummary, StopReason
 from superconverge.run_dir import RunDir
 from superconverge.signals import ProgressWatchdog, StopSignals
 from superconverge.task import Task, build_task
 from superconverge.tracking import Tracking, start_tracking, wants_wandb
-from superconverge.trainer import RunContext, Trainer, TrainState, prepare_model
+from superconverge.trainer import RunContext, Trainer, TrainingDiverged, TrainState, prepare_model
 
 
 def entry(argv: list[str] | None = None) -> int:
@@ -201,14 +202,19 @@ def stop_if_requested(stop: StopSignals, accelerator: Accelerator, run_dir: RunD
     raise StoppedBeforeTraining(f"stopped on a signal during {stage}, before training; a rerun starts this stage again")
 
 
-def build_trainer(argv: list[str] | None, stop: StopSignals) -> Trainer:
-    """config -> data and model -> locked run dir, resume point -> (range test on every rank) -> prepared objects.
-
-    ``stop`` is already installed: a signal in any stage ends the run at the next stage boundary.
-    """
+def start_run(argv: list[str] | None, stop: StopSignals) -> tuple[Config, Task]:
+    """Config and task, with the stop watches the config sets (a dead launcher's grace, the stall watchdog)."""
     cfg, task = prepare_inputs(argv, stop=stop)
     stop.orphan_grace_seconds = cfg.trainer.orphan_grace_seconds
     stop.watch_progress(cfg.trainer.stall_timeout)
+    return cfg, task
+
+
+def build_trainer(cfg: Config, task: Task, stop: StopSignals) -> Trainer:
+    """(config, data and model) -> locked run dir, resume point -> (range test on every rank) -> prepared objects.
+
+    ``stop`` is already installed: a signal in any stage ends the run at the next stage boundary.
+    """
     accelerator = make_accelerator(cfg)
     run_dir = RunDir.open(cfg, accelerator)
     stop_if_requested(stop, accelerator, run_dir, "data loading")
@@ -288,20 +294,99 @@ def run_facts(cfg: Config, accelerator: Accelerator, layout: BatchLayout, task: 
     }
 
 
+def candidate_trainer(cfg: Config, accelerator: Accelerator, task: Task, console: RunConsole, stop: StopSignals) -> Trainer:
+    """A race's candidate (race.candidate_config): a run at a fixed max_lr in its own directory, resumed as any run is;
+    its progress shows on the race's console, without trackers."""
+    run_dir = RunDir.open(cfg, accelerator)
+    model = prepare_model(cfg, accelerator, task.model)
+    resume_from, resume_state = find_resume_point(cfg, task.model)
+    layout = batch_layout(cfg, accelerator, resume_state)
+    run_dir.record_config(cfg)
+    choice = resumed_choice(resume_state) or MaxLRChoice(float(cfg.schedule.max_lr), "race")
+    resume = (resume_from, resume_state) if resume_from is not None else None
+    context = RunContext(cfg, accelerator, run_dir, console, Tracking("disabled"), stop, layout)
+    return Trainer(context, task, model, choice, resume)
+
+
+def run_race(cfg: Config, task: Task, stop: StopSignals) -> int:
+    """lr_finder.race (race.py): the range test once, then every candidate not yet finished as a run of its own; the best
+    one on the validation split becomes the run."""
+    if task.data.val is None:
+        raise ConfigError("lr_finder.race judges the candidates on a validation split: set data.val_fraction above 0")
+    pristine = fresh_task(task)  # untrained: every candidate starts from these weights
+    accelerator = make_accelerator(cfg)
+    run_dir = RunDir.open(cfg, accelerator)
+    run_dir.record_config(cfg)
+    console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
+    if wants_wandb(cfg) or cfg.tracking.tensorboard:
+        say("lr_finder.race: W&B and TensorBoard do not log a race yet; every candidate's files are in its folder")
+    race = Race.read(run_dir.path / RACE_FILE, cfg.lr_finder.race_factors)
+    if race is None:
+        console.banner(run_facts(cfg, accelerator, BatchLayout.configured(cfg, accelerator.num_processes), task, Tracking("disabled")))
+        choice = find_max_lr(cfg, accelerator, task, prepare_model(cfg, accelerator, task.model), console)
+        stop_if_requested(stop, accelerator, run_dir, "the LR range test")
+        race = Race.start(choice, cfg.lr_finder.race_factors, task.monitor)
+    for number, entry in enumerate(race.entries, 1):
+        if accelerator.is_main_process:
+            race.write(run_dir.path / RACE_FILE)
+        if entry.finished:
+            continue
+        console.line(f"race: candidate {number} of {len(race.entries)}, max_lr {entry.max_lr:.4g} ({candidate_name(entry.factor)} "
+                     f"the pick {race.pick:.4g}) in {run_dir.path / entry.folder}")  # fmt: skip
+        accelerator.free_memory()  # no earlier model or optimizer in this candidate's checkpoints
+        trainer = candidate_trainer(candidate_config(cfg, run_dir.path, entry), accelerator, fresh_task(pristine), console, stop)
+        try:
+            summary, diverged = trainer.fit(), False
+        except TrainingDiverged as exc:
+            console.line(f"race: {candidate_name(entry.factor)} lost: {exc}")
+            summary, diverged = None, True
+        trainer.close(end=False)
+        if summary is not None and summary.stop_reason not in (StopReason.COMPLETED, StopReason.EARLY_STOP):
+            run_dir.close()
+            return finished(summary, stop)  # stopped inside this candidate: the same command continues it
+        race = race.record(entry_after(entry, summary, task.monitor, diverged))
+        if stop.agreed(accelerator):  # asked to stop during a candidate that then finished: before the next one
+            if accelerator.is_main_process:
+                race.write(run_dir.path / RACE_FILE)
+            say(f"stopped on {stop.reason} after the race's candidate {number} of {len(race.entries)}; the same command continues the race")
+            run_dir.close()
+            return stop.exit_code
+    race = race.decided()
+    if accelerator.is_main_process:
+        race.write(run_dir.path / RACE_FILE)
+    crown(run_dir.path, race, accelerator)
+    console.line(f"race: {candidate_name(race.winner)} won (max_lr {race.pick * race.winner:.4g}); its run is this run: "
+                 f"{run_dir.path}/summary.json, checkpoints -> {CANDIDATES_DIR}/{candidate_name(race.winner)}")  # fmt: skip
+    run_dir.close()
+    accelerator.end_training()
+    return ExitCode.DONE
+
+
+def finished(summary: RunSummary, stop: StopSignals) -> int:
+    """The exit code of a run that ended with ``summary``; a preempted one says where it stopped."""
+    if summary.stop_reason is not StopReason.PREEMPTED:
+        return summary.stop_reason.exit_code
+    say(
+        f"stopped on {stop.reason} at optimizer step {summary.optimizer_steps} of {summary.total_optimizer_steps} "
+        f"(checkpoint saved in {summary.run_dir}/checkpoints/last); the same command continues the run"
+    )
+    return stop.exit_code  # Ctrl-C's own code, else the requeue code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train: range test (with schedule.max_lr=auto), one cycle, checkpoints; the same command resumes."""
     with StopSignals() as stop:
         try:
-            trainer = build_trainer(argv, stop)
+            cfg, task = start_run(argv, stop)
+            if cfg.lr_finder.race:
+                return run_race(cfg, task, stop)
+            trainer = build_trainer(cfg, task, stop)
             summary = trainer.fit()
             trainer.close()
-            if summary.stop_reason is not StopReason.PREEMPTED:
-                return summary.stop_reason.exit_code
-            say(
-                f"stopped on {stop.reason} at optimizer step {summary.optimizer_steps} of {summary.total_optimizer_steps} "
-                f"(checkpoint saved in {summary.run_dir}/checkpoints/last); the same command continues the run"
-            )
-            return stop.exit_code  # Ctrl-C's own code, else the requeue code
+            return finished(summary, stop)
+        except RaceLost as exc:
+            report_error_on_every_rank(f"superconverge: error: {exc}")
+            return StopReason.DIVERGED.exit_code
         except StoppedBeforeTraining as exc:
             say(str(exc))
             return stop.exit_code

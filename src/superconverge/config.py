@@ -163,11 +163,18 @@ class LRFinderConfig(Section):
     probe_val_samples: PositiveInt = Field(2048, description="validation samples that judge the candidates")
     probe_metric: MonitorName = Field("auto", description="what judges the candidates; `auto`: the run's "
                                       "`trainer.early_stopping.metric`")  # fmt: skip
+    race: bool = Field(False, description="train the whole cycle at the pick x each of `race_factors`, one after another "
+                       "from the same weights, and keep the best on the validation split as the run (docs/lr-range-test.md)")  # fmt: skip
+    # Chosen on the tune half of the 20-task matrix's recorded grids (benchmarks/lr_selection/race_factors.py).
+    race_factors: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 1.6, 2.5, 6.0, 10.0], min_length=2,
+                                              description="the race's candidates, as multiples of the range test's pick")  # fmt: skip
 
     @model_validator(mode="after")
     def _range(self) -> LRFinderConfig:
         if self.start_lr >= self.end_lr:
             raise ValueError(f"lr_finder.start_lr ({self.start_lr}) must be below lr_finder.end_lr ({self.end_lr})")
+        if len(set(self.race_factors)) != len(self.race_factors):
+            raise ValueError(f"lr_finder.race_factors {self.race_factors} names a factor twice")
         return self
 
 
@@ -281,6 +288,13 @@ class Config(Section):
     trainer: TrainerConfig = TrainerConfig()
     console: ConsoleConfig = ConsoleConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _race_has_no_budget(self) -> Config:
+        if self.lr_finder.race and self.trainer.budget is not None:
+            raise ValueError("lr_finder.race with trainer.budget: a race trains the cycle once per candidate, so a budget "
+                             "cannot size it; set one of them")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _plain_sgd_is_not_cycled(self) -> Config:

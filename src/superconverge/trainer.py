@@ -197,12 +197,14 @@ class Trainer:
         self.console.line(plans[0].describe())
         return plans[0].steps, plans[0].record()
 
-    def close(self) -> None:
-        """End the run's resources in order: the DDP model and loaders before the process group they use."""
+    def close(self, end: bool = True) -> None:
+        """End the run's resources in order: the DDP model and loaders before the process group they use (``end``: the
+        process group too; a race's candidate leaves it to the next one)."""
         self.model = self.optimizer = self.scheduler = self.train_loader = self.val_loader = self.test_loader = self.step = None
         self.accelerator.free_memory()  # Accelerate's own references to the prepared objects
         gc.collect()
-        self.accelerator.end_training()  # trackers finish, the process group is destroyed
+        if end:
+            self.accelerator.end_training()  # trackers finish, the process group is destroyed
 
     def _resume(self, path: Path, saved: TrainState) -> None:
         """Continue from a checkpoint folder and its trainer state (read and checked before any work)."""

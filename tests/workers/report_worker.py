@@ -10,14 +10,14 @@ import torch
 from accelerate.utils import is_compiled_module
 from reporting import check_world, write_report
 
-from superconverge.cli import build_trainer
+from superconverge.cli import build_trainer, start_run
 from superconverge.signals import StopSignals
 
 
 def main() -> None:
     expected, report_dir, argv = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
     with StopSignals() as stop:
-        report(expected, report_dir, build_trainer(argv, stop))
+        report(expected, report_dir, build_trainer(*start_run(argv, stop), stop))
 
 
 def report(expected: int, report_dir: Path, trainer) -> None:

@@ -45,7 +45,7 @@ def main() -> None:
     expected, report_dir, argv = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
     register_optimizer_step_pre_hook(record_lrs)
     with StopSignals() as stop:
-        trainer = cli.build_trainer(argv, stop)
+        trainer = cli.build_trainer(*cli.start_run(argv, stop), stop)
         accelerator = trainer.accelerator
         check_world(accelerator, expected)
         groups = [{"weight_decay": g["weight_decay"], "lr_scale": g["lr_scale"], "params": len(g["params"])}

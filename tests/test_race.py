@@ -1,0 +1,99 @@
+"""lr_finder.race: every candidate trains the whole cycle, the best on validation is the run; a kill resumes the
+candidate it hit, a diverging candidate loses."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+from conftest import DIGITS, ROOT, assert_same_run, launch_command, run, summary
+
+from superconverge.config import ConfigError, load_config
+
+# Small batches: a candidate lasts long enough (about 2 s) for a kill to land inside it.
+RACE = ["lr_finder.race=true", "lr_finder.race_factors=[1,3]", "trainer.epochs=4", "data.batch_size=16", "tracking.wandb.mode=disabled"]
+
+
+def race_args(run_dir, *overrides: str) -> list[str]:
+    return DIGITS + [f"output_dir={run_dir}", *RACE, *overrides]
+
+
+def race_record(run_dir) -> dict:
+    return json.loads((run_dir / "lr_race.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("race") / "run"
+    run(race_args(run_dir), nproc=2)
+    return run_dir
+
+
+def test_the_best_candidate_on_validation_is_the_run(uninterrupted):
+    race = race_record(uninterrupted)
+    scores = {entry["factor"]: entry["score"] for entry in race["entries"]}
+    assert [entry["stop_reason"] for entry in race["entries"]] == ["completed", "completed"]
+    assert race["winner"] == max(scores, key=scores.get)
+    assert [entry["max_lr"] for entry in race["entries"]] == pytest.approx([race["pick"], 3 * race["pick"]])
+    winner = uninterrupted / race["entries"][[e["factor"] for e in race["entries"]].index(race["winner"])]["folder"]
+    result, own = summary(uninterrupted), summary(winner)
+    assert result["world_size"] == own["world_size"] == 2 and result["stop_reason"] == "completed"
+    assert {k: v for k, v in result.items() if k not in ("run_dir", "lr_race")} == {k: v for k, v in own.items() if k != "run_dir"}
+    assert result["lr_race"]["winner"] == race["winner"] and result["max_lr"] == pytest.approx(race["pick"] * race["winner"])
+    assert (uninterrupted / "checkpoints").resolve() == (winner / "checkpoints").resolve()
+    for name in ("metrics.jsonl", "lr_trace.json"):
+        assert (uninterrupted / name).read_text() == (winner / name).read_text()
+    assert (uninterrupted / "lr_race.png").stat().st_size > 0 and (uninterrupted / "lr_finder.json").is_file()
+    for entry in race["entries"]:  # each candidate trained the whole cycle, from the start
+        own = summary(uninterrupted / entry["folder"])
+        assert own["optimizer_steps"] == own["total_optimizer_steps"] and not own["resumed"]
+
+
+def test_a_race_killed_in_its_second_candidate_resumes_it_to_the_same_winner(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    launcher = subprocess.Popen(launch_command(2) + race_args(run_dir), cwd=ROOT, start_new_session=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    second = run_dir / "candidates" / "x3" / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while not (second.is_file() and second.read_text().strip()):
+        assert launcher.poll() is None and time.monotonic() < deadline, "the race never reached its second candidate's epoch"
+        time.sleep(0.05)
+    for process in [psutil.Process(launcher.pid), *psutil.Process(launcher.pid).children(recursive=True)]:
+        process.send_signal(signal.SIGKILL)  # every process at once (torchelastic's ranks have process groups of their own)
+    launcher.wait()
+    first = (run_dir / "candidates" / "x1" / "summary.json").read_text()
+    run(race_args(run_dir), nproc=2)
+    assert (run_dir / "candidates" / "x1" / "summary.json").read_text() == first  # finished: not run again
+    assert summary(run_dir / "candidates" / "x3")["times_resumed"] == 1
+    ours, theirs = race_record(run_dir), race_record(uninterrupted)
+    assert ours["winner"] == theirs["winner"] and ours["pick"] == theirs["pick"]
+    assert [(e["score"], e["test_acc"]) for e in ours["entries"]] == [(e["score"], e["test_acc"]) for e in theirs["entries"]]
+    assert_same_run(uninterrupted, run_dir)
+
+
+def test_a_diverging_candidate_loses_and_the_race_goes_on(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run(race_args(run_dir, "lr_finder.race_factors=[1,1000000]", "trainer.epochs=2"))
+    race = race_record(run_dir)
+    assert [entry["stop_reason"] for entry in race["entries"]] == ["completed", "diverged"] and race["winner"] == 1
+    assert "race: x1e+06 lost: the training loss became NaN or infinite" in proc.stdout + proc.stderr
+    assert summary(run_dir)["stop_reason"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(["lr_finder.race=true", "trainer.budget=60s"], "lr_finder.race with trainer.budget"),
+     (["lr_finder.race_factors=[1,2,1]"], "names a factor twice")],
+)  # fmt: skip
+def test_a_race_config_that_cannot_run_is_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(ROOT / "configs" / "digits.yaml", overrides)
+
+
+def test_a_race_without_a_validation_split_is_refused(tmp_path):
+    proc = run(race_args(tmp_path / "run", "data.val_fraction=0"), check=False)
+    assert proc.returncode == 2 and "lr_finder.race judges the candidates on a validation split" in proc.stderr
