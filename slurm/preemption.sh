@@ -1,5 +1,5 @@
 # Shared by the sbatch scripts: forward SLURM's early-warning signal to the training processes
-# and requeue the job when the trainer stopped on it (summary.json says "preempted": true).
+# and requeue the job when the trainer stopped on it (exit 75, or summary.json says "preempted": true).
 TRAIN_PID=
 FORWARD_TO_STEPS=0
 STARTED=$(date +%s)
@@ -22,8 +22,9 @@ wait_and_requeue() {
   done
   wait "$TRAIN_PID"   # its own exit status (bash keeps it), not that of an interrupted wait
   local status=$?
-  # Only this job's own summary counts (a stale one from an earlier chunk must not requeue a crash).
-  if python -c "import json, os, sys; p = sys.argv[1]; sys.exit(0 if os.path.getmtime(p) >= float(sys.argv[2]) and json.load(open(p)).get('preempted') else 1)" \
+  # The launcher's requeue code (75), or this job's own summary (a stale one from an earlier chunk must not requeue a
+  # crash); a race's candidate writes its summary in its own folder, so its code is what tells.
+  if [ "$status" = 75 ] || python -c "import json, os, sys; p = sys.argv[1]; sys.exit(0 if os.path.getmtime(p) >= float(sys.argv[2]) and json.load(open(p)).get('preempted') else 1)" \
       "$RUN_DIR/summary.json" "$STARTED" 2>/dev/null; then
     echo "$(date -Is) checkpoint saved: requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"

@@ -114,6 +114,24 @@ def test_a_requeued_budgeted_job_resumes_its_plan(cluster, tmp_path):
     assert_annealed_cycle(run_dir, result)
 
 
+def test_a_race_as_a_slurm_array_trains_each_candidate_in_its_own_task_and_the_last_job_picks(cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**cluster.env, **JOB_ENV, "RUN_DIR": str(run_dir), "SBATCH_OPTS": f"--chdir={ROOT} --output={tmp_path}/race-%j.out"}
+    out = subprocess.run(["bash", "slurm/race.sh", *DIGITS[1:], "lr_finder.race_factors=[1,3]", "trainer.epochs=2"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    winner_job = out.split()[-1]
+    info = cluster.wait(winner_job, ("COMPLETED", "FAILED", "CANCELLED"), timeout=400)
+    logs = {path.name: path.read_text() for path in tmp_path.glob("race-*.out")}
+    assert info["JobState"] == "COMPLETED", logs
+    race = json.loads((run_dir / "lr_race.json").read_text())
+    assert [entry["stop_reason"] for entry in race["entries"]] == ["completed", "completed"] and race["winner"] in (1, 3)
+    trained = [name for name, text in logs.items() if "race: candidate" in text]
+    assert len(logs) == 4 and len(trained) == 2, logs  # the range test, 2 array tasks (one candidate each), the winner
+    assert all(logs[name].count("race: candidate") == 1 for name in trained) and f"race-{winner_job}.out" not in trained
+    result = summary(run_dir)
+    assert result["lr_race"]["winner"] == race["winner"] and result["world_size"] == 2 and result["stop_reason"] == "completed"
+
+
 def test_multi_node_launch_forms_one_job_across_two_machines(tmp_path):
     """slurm/launch_node.sh as srun runs it on each node: machine ranks 0 and 1 on loopback."""
     from conftest import free_port

@@ -31,7 +31,7 @@ from superconverge.console import RunConsole
 from superconverge.errors import ExitCode, UserError, report_error, report_error_on_every_rank, say
 from superconverge.launcher import launch_main
 from superconverge.lr_finder import MaxLRChoice, find_max_lr, measure_curve
-from superconverge.race import CANDIDATES_DIR, RACE_FILE, Race, RaceLost, candidate_config, candidate_name, crown, entry_after, fresh_task
+from superconverge.race import CANDIDATES_DIR, RACE_FILE, Race, RaceLost, candidate_config, candidate_name, crown, fresh_task
 from superconverge.records import RunSummary, StopReason
 from superconverge.run_dir import RunDir
 from superconverge.signals import ProgressWatchdog, StopSignals
@@ -310,55 +310,91 @@ def candidate_trainer(cfg: Config, accelerator: Accelerator, task: Task, console
 
 def run_race(cfg: Config, task: Task, stop: StopSignals) -> int:
     """lr_finder.race (race.py): the range test once, then every candidate not yet finished as a run of its own; the best
-    one on the validation split becomes the run."""
+    one on the validation split becomes the run. ``lr_finder.race_run`` does one part of that only."""
     if task.data.val is None:
         raise ConfigError("lr_finder.race judges the candidates on a validation split: set data.val_fraction above 0")
     pristine = fresh_task(task)  # untrained: every candidate starts from these weights
+    only = race_candidate(cfg)
     accelerator = make_accelerator(cfg)
+    console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
+    if only is not None:  # another job (e.g. a SLURM array task) may run a candidate beside this one: no lock on the race
+        race = Race.read(Path(cfg.output_dir), cfg.lr_finder.race_factors)
+        if race is None:
+            raise ConfigError(f"lr_finder.race_run: {Path(cfg.output_dir) / RACE_FILE} does not exist yet; run the race's "
+                              "range test first (lr_finder.race_run=range_test; slurm/race.sh does)")  # fmt: skip
+        code = run_candidates(cfg, race, [race.entries[only]], accelerator, pristine, console, stop)
+        accelerator.end_training()
+        return code
     run_dir = RunDir.open(cfg, accelerator)
     run_dir.record_config(cfg)
-    console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
     if wants_wandb(cfg) or cfg.tracking.tensorboard:
         say("lr_finder.race: W&B and TensorBoard do not log a race yet; every candidate's files are in its folder")
-    race = Race.read(run_dir.path / RACE_FILE, cfg.lr_finder.race_factors)
-    if race is None:
-        console.banner(run_facts(cfg, accelerator, BatchLayout.configured(cfg, accelerator.num_processes), task, Tracking("disabled")))
-        choice = find_max_lr(cfg, accelerator, task, prepare_model(cfg, accelerator, task.model), console)
-        stop_if_requested(stop, accelerator, run_dir, "the LR range test")
-        race = Race.start(choice, cfg.lr_finder.race_factors, task.monitor)
-    for number, entry in enumerate(race.entries, 1):
-        if accelerator.is_main_process:
-            race.write(run_dir.path / RACE_FILE)
-        if entry.finished:
-            continue
-        console.line(f"race: candidate {number} of {len(race.entries)}, max_lr {entry.max_lr:.4g} ({candidate_name(entry.factor)} "
-                     f"the pick {race.pick:.4g}) in {run_dir.path / entry.folder}")  # fmt: skip
-        accelerator.free_memory()  # no earlier model or optimizer in this candidate's checkpoints
-        trainer = candidate_trainer(candidate_config(cfg, run_dir.path, entry), accelerator, fresh_task(pristine), console, stop)
-        try:
-            summary, diverged = trainer.fit(), False
-        except TrainingDiverged as exc:
-            console.line(f"race: {candidate_name(entry.factor)} lost: {exc}")
-            summary, diverged = None, True
-        trainer.close(end=False)
-        if summary is not None and summary.stop_reason not in (StopReason.COMPLETED, StopReason.EARLY_STOP):
-            run_dir.close()
-            return finished(summary, stop)  # stopped inside this candidate: the same command continues it
-        race = race.record(entry_after(entry, summary, task.monitor, diverged))
-        if stop.agreed(accelerator):  # asked to stop during a candidate that then finished: before the next one
-            if accelerator.is_main_process:
-                race.write(run_dir.path / RACE_FILE)
-            say(f"stopped on {stop.reason} after the race's candidate {number} of {len(race.entries)}; the same command continues the race")
-            run_dir.close()
-            return stop.exit_code
-    race = race.decided()
+    race = Race.read(run_dir.path, cfg.lr_finder.race_factors) or start_race(cfg, task, accelerator, run_dir, console, stop)
+    code = ExitCode.DONE
+    if cfg.lr_finder.race_run == "all":
+        code = run_candidates(cfg, race, list(race.entries), accelerator, pristine, console, stop)
+    accelerator.wait_for_everyone()
+    race = Race.read(run_dir.path, cfg.lr_finder.race_factors)  # each candidate as its folder says now
+    if code == ExitCode.DONE and cfg.lr_finder.race_run == "all":
+        race = race.decided()
+        crown(run_dir.path, race, accelerator)
+        console.line(f"race: {candidate_name(race.winner)} won (max_lr {race.pick * race.winner:.4g}); its run is this run: "
+                     f"{run_dir.path}/summary.json, checkpoints -> {CANDIDATES_DIR}/{candidate_name(race.winner)}")  # fmt: skip
     if accelerator.is_main_process:
         race.write(run_dir.path / RACE_FILE)
-    crown(run_dir.path, race, accelerator)
-    console.line(f"race: {candidate_name(race.winner)} won (max_lr {race.pick * race.winner:.4g}); its run is this run: "
-                 f"{run_dir.path}/summary.json, checkpoints -> {CANDIDATES_DIR}/{candidate_name(race.winner)}")  # fmt: skip
     run_dir.close()
     accelerator.end_training()
+    return code
+
+
+def race_candidate(cfg: Config) -> int | None:
+    """The one candidate lr_finder.race_run names (its index in race_factors), or None."""
+    run, count = cfg.lr_finder.race_run, len(cfg.lr_finder.race_factors)
+    if run == "array":
+        if "SLURM_ARRAY_TASK_ID" not in os.environ:
+            raise ConfigError("lr_finder.race_run=array: not a SLURM array task (SLURM_ARRAY_TASK_ID is not set)")
+        run = int(os.environ["SLURM_ARRAY_TASK_ID"])
+    if isinstance(run, str):
+        return None
+    if run >= count:
+        raise ConfigError(f"lr_finder.race_run={run}: the race has {count} candidates (0 to {count - 1})")
+    return run
+
+
+def start_race(cfg: Config, task: Task, accelerator: Accelerator, run_dir: RunDir, console: RunConsole, stop: StopSignals) -> Race:
+    """The range test, once for every candidate; ``lr_race.json`` keeps its pick for the candidates' jobs and reruns."""
+    console.banner(run_facts(cfg, accelerator, BatchLayout.configured(cfg, accelerator.num_processes), task, Tracking("disabled")))
+    choice = find_max_lr(cfg, accelerator, task, prepare_model(cfg, accelerator, task.model), console)
+    stop_if_requested(stop, accelerator, run_dir, "the LR range test")
+    race = Race.start(run_dir.path, choice, cfg.lr_finder.race_factors, task.monitor)
+    if accelerator.is_main_process:
+        race.write(run_dir.path / RACE_FILE)
+    return race
+
+
+def run_candidates(cfg: Config, race: Race, entries: list, accelerator: Accelerator, pristine: Task, console: RunConsole,
+                   stop: StopSignals) -> int:  # fmt: skip
+    """Each unfinished candidate of ``entries`` trained whole, in turn; a stop inside one (or between two) ends here."""
+    root = Path(cfg.output_dir)
+    for entry in entries:
+        if entry.finished:
+            continue
+        number = race.entries.index(entry) + 1
+        console.line(f"race: candidate {number} of {len(race.entries)}, max_lr {entry.max_lr:.4g} ({candidate_name(entry.factor)} "
+                     f"the pick {race.pick:.4g}) in {root / entry.folder}")  # fmt: skip
+        accelerator.free_memory()  # no earlier model or optimizer in this candidate's checkpoints
+        trainer = candidate_trainer(candidate_config(cfg, root, entry), accelerator, fresh_task(pristine), console, stop)
+        try:
+            summary = trainer.fit()
+        except TrainingDiverged as exc:  # its summary says so: it loses, the race goes on
+            console.line(f"race: {candidate_name(entry.factor)} lost: {exc}")
+            summary = None
+        trainer.close(end=False)
+        if summary is not None and summary.stop_reason not in (StopReason.COMPLETED, StopReason.EARLY_STOP):
+            return finished(summary, stop)  # stopped inside this candidate: the same command continues it
+        if stop.agreed(accelerator):  # asked to stop during a candidate that then finished: before the next one
+            say(f"stopped on {stop.reason} after the race's candidate {number}; the same command continues the race")
+            return stop.exit_code
     return ExitCode.DONE
 
 

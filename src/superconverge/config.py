@@ -168,6 +168,10 @@ class LRFinderConfig(Section):
     # Chosen on the tune half of the 20-task matrix's recorded grids (benchmarks/lr_selection/race_factors.py).
     race_factors: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 1.6, 2.5, 6.0, 10.0], min_length=2,
                                               description="the race's candidates, as multiples of the range test's pick")  # fmt: skip
+    race_run: Literal["all", "range_test", "array"] | Annotated[int, Field(ge=0)] = Field(
+        "all", description="what this command does of the race: `all` (the range test, each unfinished candidate, the "
+        "winner), `range_test` only, candidate N only, or `array`: the candidate `SLURM_ARRAY_TASK_ID` names "
+        "(slurm/race.sh: one array task per candidate)")  # fmt: skip
 
     @model_validator(mode="after")
     def _range(self) -> LRFinderConfig:

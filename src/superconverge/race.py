@@ -25,7 +25,7 @@ from superconverge import jsonfile
 from superconverge.checkpoint import CHECKPOINTS_DIR
 from superconverge.config import Config
 from superconverge.lr_finder import MaxLRChoice
-from superconverge.records import Metric, RunSummary, StopReason
+from superconverge.records import Metric, StopReason
 from superconverge.task import Task
 
 RACE_FILE = "lr_race.json"
@@ -41,7 +41,8 @@ class RaceLost(Exception):
 
 @dataclass(frozen=True)
 class Entry:
-    """One candidate's place in the race: ``stop_reason`` None until it has run, ``score`` its best monitored metric."""
+    """One candidate's place in the race: ``stop_reason`` None until it has run, ``score`` its best monitored metric.
+    Read from the candidate's own ``summary.json``, so a candidate run by another job (a SLURM array task) counts alike."""
 
     factor: float
     max_lr: float
@@ -50,6 +51,17 @@ class Entry:
     score: float | None = None
     test_acc: float | None = None
     test_loss: float | None = None
+
+    @classmethod
+    def of(cls, run_dir: Path, pick: float, factor: float, monitor: Metric) -> Entry:
+        entry = cls(factor, pick * factor, f"{CANDIDATES_DIR}/{candidate_name(factor)}")
+        path = run_dir / entry.folder / "summary.json"
+        if not path.is_file():
+            return entry
+        summary = json.loads(path.read_text())
+        score = summary.get("best_val_acc" if monitor is Metric.VAL_ACC else "best_val_loss")
+        return replace(entry, stop_reason=summary.get("stop_reason"), score=score, test_acc=summary.get("test_acc"),
+                       test_loss=summary.get("test_loss"))  # fmt: skip
 
     @property
     def finished(self) -> bool:
@@ -68,22 +80,25 @@ class Race:
     suggestions: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, choice: MaxLRChoice, factors: list[float], monitor: Metric) -> Race:
-        entries = tuple(Entry(f, choice.max_lr * f, f"{CANDIDATES_DIR}/{candidate_name(f)}") for f in factors)
+    def start(cls, run_dir: Path, choice: MaxLRChoice, factors: list[float], monitor: Metric) -> Race:
+        entries = tuple(Entry.of(run_dir, choice.max_lr, f, monitor) for f in factors)
         return cls(choice.max_lr, choice.policy, monitor.value, entries, suggestions=dict(choice.suggestions))
 
     @classmethod
-    def read(cls, path: Path, factors: list[float]) -> Race | None:
-        """The race this run directory holds, with the config's factors now (a finished candidate keeps its result)."""
+    def read(cls, run_dir: Path, factors: list[float]) -> Race | None:
+        """The race this run directory holds, with the config's factors now, each candidate as its folder says."""
+        path = run_dir / RACE_FILE
         if not path.is_file():
             return None
         saved = json.loads(path.read_text())
-        done = {e["factor"]: Entry(**e) for e in saved["entries"]}
-        entries = tuple(done.get(f) or Entry(f, saved["pick"] * f, f"{CANDIDATES_DIR}/{candidate_name(f)}") for f in factors)
+        monitor = Metric(saved["monitor"])
+        entries = tuple(Entry.of(run_dir, saved["pick"], f, monitor) for f in factors)
         return cls(saved["pick"], saved["policy"], saved["monitor"], entries, None, saved.get("suggestions", {}))
 
-    def record(self, entry: Entry) -> Race:
-        return replace(self, entries=tuple(entry if e.factor == entry.factor else e for e in self.entries))
+    def refresh(self, run_dir: Path, entry: Entry) -> Race:
+        """With ``entry`` as its folder says now."""
+        fresh = Entry.of(run_dir, self.pick, entry.factor, Metric(self.monitor))
+        return replace(self, entries=tuple(fresh if e.factor == entry.factor else e for e in self.entries))
 
     def decided(self) -> Race:
         """The winner: the best score among the candidates that did not diverge."""
@@ -119,13 +134,6 @@ def fresh_task(pristine: Task) -> Task:
     """The task with a copy of its untrained model (and the head inside that copy): every candidate starts alike."""
     model, head = copy.deepcopy((pristine.model, pristine.head))
     return replace(pristine, model=model, head=head)
-
-
-def entry_after(entry: Entry, summary: RunSummary | None, metric: Metric, diverged: bool = False) -> Entry:
-    if diverged or summary is None:
-        return replace(entry, stop_reason=StopReason.DIVERGED.value)
-    score = summary.best_val_acc if metric is Metric.VAL_ACC else summary.best_val_loss
-    return replace(entry, stop_reason=summary.stop_reason.value, score=score, test_acc=summary.test_acc, test_loss=summary.test_loss)
 
 
 def crown(run_dir: Path, race: Race, accelerator: Accelerator) -> None:
