@@ -87,7 +87,8 @@ def test_a_diverging_candidate_loses_and_the_race_goes_on(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [(["lr_finder.race=true", "trainer.budget=60s"], "lr_finder.race with trainer.budget"),
-     (["lr_finder.race_factors=[1,2,1]"], "names a factor twice")],
+     (["lr_finder.race_factors=[1,2,1]"], "names a factor twice"),
+     (["lr_finder.race_run=2", "lr_finder.race_factors=[1,3]"], r"race_run=2: the race has 2 candidates \(0 to 1\)")],
 )  # fmt: skip
 def test_a_race_config_that_cannot_run_is_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -97,3 +98,11 @@ def test_a_race_config_that_cannot_run_is_refused(overrides, message):
 def test_a_race_without_a_validation_split_is_refused(tmp_path):
     proc = run(race_args(tmp_path / "run", "data.val_fraction=0"), check=False)
     assert proc.returncode == 2 and "lr_finder.race judges the candidates on a validation split" in proc.stderr
+
+
+def test_a_race_in_another_runs_directory_or_without_its_range_test_is_refused(tmp_path):
+    (tmp_path / "used" / "checkpoints" / "step-00000010-epoch-0001").mkdir(parents=True)
+    proc = run(race_args(tmp_path / "used"), check=False)
+    assert proc.returncode == 2 and "holds another run's checkpoints" in proc.stderr
+    proc = run(race_args(tmp_path / "new", "lr_finder.race_run=1"), check=False)
+    assert proc.returncode == 2 and "lr_race.json does not exist yet; run the race's range test first" in proc.stderr

@@ -25,7 +25,7 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, To
 
 from superconverge.batches import BatchLayout
 from superconverge.budget import WARMUP_STEPS
-from superconverge.checkpoint import check_fits, resolve_resume, validate_checkpoint
+from superconverge.checkpoint import CHECKPOINTS_DIR, check_fits, resolve_resume, validate_checkpoint
 from superconverge.config import MOOT_ON_RESUME, Config, ConfigError, config_yaml, describe_changes, load_config, resume_changes
 from superconverge.console import RunConsole
 from superconverge.errors import ExitCode, UserError, report_error, report_error_on_every_rank, say
@@ -313,6 +313,10 @@ def run_race(cfg: Config, task: Task, stop: StopSignals) -> int:
     one on the validation split becomes the run. ``lr_finder.race_run`` does one part of that only."""
     if task.data.val is None:
         raise ConfigError("lr_finder.race judges the candidates on a validation split: set data.val_fraction above 0")
+    checkpoints = Path(cfg.output_dir) / CHECKPOINTS_DIR
+    if checkpoints.is_dir() and not checkpoints.is_symlink() and any(checkpoints.iterdir()):
+        raise ConfigError(f"lr_finder.race: output_dir {cfg.output_dir} holds another run's checkpoints; give the race an "
+                          "output_dir of its own")  # fmt: skip
     pristine = fresh_task(task)  # untrained: every candidate starts from these weights
     only = race_candidate(cfg)
     accelerator = make_accelerator(cfg)
@@ -357,7 +361,8 @@ def race_candidate(cfg: Config) -> int | None:
     if isinstance(run, str):
         return None
     if run >= count:
-        raise ConfigError(f"lr_finder.race_run={run}: the race has {count} candidates (0 to {count - 1})")
+        raise ConfigError(f"lr_finder.race_run=array: SLURM_ARRAY_TASK_ID {run} names no candidate: the race has {count} "
+                          f"(submit --array=0-{count - 1})")  # fmt: skip
     return run
 
 

@@ -179,6 +179,9 @@ class LRFinderConfig(Section):
             raise ValueError(f"lr_finder.start_lr ({self.start_lr}) must be below lr_finder.end_lr ({self.end_lr})")
         if len(set(self.race_factors)) != len(self.race_factors):
             raise ValueError(f"lr_finder.race_factors {self.race_factors} names a factor twice")
+        if isinstance(self.race_run, int) and self.race_run >= len(self.race_factors):
+            raise ValueError(f"lr_finder.race_run={self.race_run}: the race has {len(self.race_factors)} candidates "
+                             f"(0 to {len(self.race_factors) - 1})")  # fmt: skip
         return self
 
 
