@@ -10,11 +10,13 @@ import time
 import psutil
 import pytest
 from conftest import DIGITS, ROOT, assert_same_run, launch_command, run, summary
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from superconverge.config import ConfigError, load_config
 
 # Small batches: a candidate lasts long enough (about 2 s) for a kill to land inside it.
-RACE = ["lr_finder.race=true", "lr_finder.race_factors=[1,3]", "trainer.epochs=4", "data.batch_size=16", "tracking.wandb.mode=disabled"]
+RACE = ["lr_finder.race=true", "lr_finder.race_factors=[1,3]", "trainer.epochs=4", "data.batch_size=16", "tracking.wandb.mode=disabled",
+        "tracking.tensorboard=true"]
 
 
 def race_args(run_dir, *overrides: str) -> list[str]:
@@ -47,6 +49,14 @@ def test_the_best_candidate_on_validation_is_the_run(uninterrupted):
     for name in ("metrics.jsonl", "lr_trace.json"):
         assert (uninterrupted / name).read_text() == (winner / name).read_text()
     assert (uninterrupted / "lr_race.png").stat().st_size > 0 and (uninterrupted / "lr_finder.json").is_file()
+    # TensorBoard: the winner's epochs at its optimizer steps, and every candidate's score.
+    events = EventAccumulator(str(uninterrupted / "tensorboard"))
+    events.Reload()
+    history = [json.loads(line) for line in (winner / "metrics.jsonl").read_text().splitlines()]
+    val_acc = [(e.step, e.value) for e in events.Scalars("epoch/val_acc")]
+    assert val_acc == [(r["optimizer_steps"], pytest.approx(r["val_acc"])) for r in history]
+    assert [e.value for e in events.Scalars("summary/lr_race/x3")] == [pytest.approx(scores[3])]
+    assert [e.value for e in events.Scalars("summary/lr_race/winner")] == [race["winner"]]
     for entry in race["entries"]:  # each candidate trained the whole cycle, from the start
         own = summary(uninterrupted / entry["folder"])
         assert own["optimizer_steps"] == own["total_optimizer_steps"] and not own["resumed"]

@@ -31,7 +31,7 @@ from superconverge.console import RunConsole
 from superconverge.errors import ExitCode, UserError, report_error, report_error_on_every_rank, say
 from superconverge.launcher import launch_main
 from superconverge.lr_finder import MaxLRChoice, find_max_lr, measure_curve
-from superconverge.race import CANDIDATES_DIR, RACE_FILE, Race, RaceLost, candidate_config, candidate_name, crown, fresh_task
+from superconverge.race import CANDIDATES_DIR, RACE_FILE, Race, RaceLost, candidate_config, candidate_name, crown, fresh_task, track
 from superconverge.records import RunSummary, StopReason
 from superconverge.run_dir import RunDir
 from superconverge.signals import ProgressWatchdog, StopSignals
@@ -332,7 +332,7 @@ def run_race(cfg: Config, task: Task, stop: StopSignals) -> int:
     run_dir = RunDir.open(cfg, accelerator)
     run_dir.record_config(cfg)
     if wants_wandb(cfg) or cfg.tracking.tensorboard:
-        say("lr_finder.race: W&B and TensorBoard do not log a race yet; every candidate's files are in its folder")
+        say("lr_finder.race: W&B and TensorBoard get the winner's epochs and every candidate's score once the race is decided")
     race = Race.read(run_dir.path, cfg.lr_finder.race_factors) or start_race(cfg, task, accelerator, run_dir, console, stop)
     code = ExitCode.DONE
     if cfg.lr_finder.race_run == "all":
@@ -342,6 +342,7 @@ def run_race(cfg: Config, task: Task, stop: StopSignals) -> int:
     if code == ExitCode.DONE and cfg.lr_finder.race_run == "all":
         race = race.decided()
         crown(run_dir.path, race, accelerator)
+        track(cfg, accelerator, run_dir.path, race)
         console.line(f"race: {candidate_name(race.winner)} won (max_lr {race.pick * race.winner:.4g}); its run is this run: "
                      f"{run_dir.path}/summary.json, checkpoints -> {CANDIDATES_DIR}/{candidate_name(race.winner)}")  # fmt: skip
     if accelerator.is_main_process:

@@ -25,8 +25,9 @@ from superconverge import jsonfile
 from superconverge.checkpoint import CHECKPOINTS_DIR
 from superconverge.config import Config
 from superconverge.lr_finder import MaxLRChoice
-from superconverge.records import Metric, StopReason
+from superconverge.records import EpochRecord, Metric, RunSummary, StopReason
 from superconverge.task import Task
+from superconverge.tracking import start_tracking
 
 RACE_FILE = "lr_race.json"
 RACE_PNG = "lr_race.png"
@@ -179,3 +180,18 @@ def draw_race(run_dir: Path, race: Race) -> None:
     fig.tight_layout()
     fig.savefig(run_dir / RACE_PNG, dpi=110)
     plt.close(fig)
+
+
+def track(cfg: Config, accelerator: Accelerator, run_dir: Path, race: Race) -> None:
+    """The race's own trackers (one W&B run, TensorBoard) once it is decided: the winner's epochs at its optimizer steps,
+    its summary, and every candidate's score (the candidates train without trackers: their steps would collide)."""
+    tracking = start_tracking(cfg, accelerator)
+    if not tracking.active:
+        return
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] if accelerator.is_main_process else []
+    for row in rows:
+        tracking.log({f"epoch/{k}": v for k, v in EpochRecord.from_dict(row).numbers().items()}, step=row["optimizer_steps"])
+    summary = json.loads((run_dir / "summary.json").read_text()) if accelerator.is_main_process else {}
+    scores = {f"lr_race/{candidate_name(e.factor)}": e.score for e in race.entries}
+    tracking.summarize({**{k: summary.get(k) for k in RunSummary.WANDB_KEYS}, **scores, "lr_race/winner": race.winner,
+                        "lr_race/pick": race.pick})  # fmt: skip
