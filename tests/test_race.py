@@ -15,8 +15,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from superconverge.config import ConfigError, load_config
 
 # Small batches: a candidate lasts long enough (about 2 s) for a kill to land inside it.
-RACE = ["lr_finder.race=true", "lr_finder.race_factors=[1,3]", "trainer.epochs=4", "data.batch_size=16", "tracking.wandb.mode=disabled",
-        "tracking.tensorboard=true"]
+RACE = [
+    "lr_finder.race=true",
+    "lr_finder.race_factors=[1,3]",
+    "trainer.epochs=4",
+    "data.batch_size=16",
+    "tracking.wandb.mode=disabled",
+    "tracking.tensorboard=true",
+]
 
 
 def race_args(run_dir, *overrides: str) -> list[str]:
