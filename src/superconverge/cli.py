@@ -34,7 +34,7 @@ from superconverge.lr_finder import MaxLRChoice, find_max_lr, measure_curve
 from superconverge.race import CANDIDATES_DIR, RACE_FILE, Race, RaceLost, candidate_config, candidate_name, crown, fresh_task, track
 from superconverge.records import RunSummary, StopReason
 from superconverge.run_dir import RunDir
-from superconverge.signals import ProgressWatchdog, StopSignals
+from superconverge.signals import ProgressWatchdog, StopSignals, close_store_threads
 from superconverge.task import Task, build_task
 from superconverge.tracking import Tracking, start_tracking, wants_wandb
 from superconverge.trainer import RunContext, Trainer, TrainingDiverged, TrainState, prepare_model
@@ -445,9 +445,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def lr_find_main(argv: list[str] | None = None) -> int:
     """Run only the LR range test for a config (the same code path, distributed too) and print every rule's suggestion."""
+    watch_closed, watches = threading.Event(), []
     try:
         cfg, task = prepare_inputs(argv, forced=FORCED["lr-find"], prog="lr-find")
-        ProgressWatchdog.start_if_wanted(cfg.trainer.stall_timeout, threading.Event())  # ends with the process
+        watches = [t for t in [ProgressWatchdog.start_if_wanted(cfg.trainer.stall_timeout, watch_closed)] if t is not None]
         accelerator = make_accelerator(cfg)
         run_dir = RunDir.open(cfg, accelerator)
         run_dir.record_config(cfg)
@@ -460,6 +461,9 @@ def lr_find_main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         report_error_on_every_rank(f"superconverge lr-find: error: {exc}")
         return ExitCode.BAD_INPUT
+    finally:
+        watch_closed.set()
+        close_store_threads(watches)
     return ExitCode.DONE
 
 

@@ -46,6 +46,20 @@ def under_launcher() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
+# A thread still inside a TCPStore call when the interpreter finalizes is ended by pthread_exit, whose forced unwind
+# through C++ frames aborts the process ("terminate called without an active exception", exit -6 after a finished
+# run). So the watches that use the store are told to stop (their event) and joined before the process exits; a
+# store call returns within its timeout (5 s or the watch's interval).
+STORE_THREAD_JOIN_SECONDS = 15.0
+
+
+def close_store_threads(threads: list[threading.Thread]) -> None:
+    """Join the store-using watch threads, whose stop event is already set."""
+    for thread in threads:
+        thread.join(STORE_THREAD_JOIN_SECONDS)
+    threads.clear()
+
+
 class StopSignals:
     """Scoped stop requests: ``with StopSignals() as stop: ...``; ``stop.agreed(accelerator)`` at boundaries."""
 
@@ -58,6 +72,7 @@ class StopSignals:
         self.training = False  # set by the trainer once its loop (and so a checkpoint) can answer a stop
         self._previous: dict[int, object] = {}
         self._closed = threading.Event()
+        self._store_threads: list[threading.Thread] = []  # joined on exit (see close_store_threads)
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # Python lets only the main thread set handlers
@@ -72,6 +87,7 @@ class StopSignals:
 
     def __exit__(self, *exc_info) -> None:
         self._closed.set()
+        close_store_threads(self._store_threads)
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
@@ -97,7 +113,7 @@ class StopSignals:
     def watch_peer_nodes(self, timeout_seconds: float, interval_seconds: float = 2.0) -> None:
         """On a multi-node job, stop this node when another one stops answering (see NodeHeartbeat)."""
         if NodeHeartbeat.wanted():
-            NodeHeartbeat(timeout_seconds, interval_seconds, self._closed).start()
+            self._store_threads.append(NodeHeartbeat(timeout_seconds, interval_seconds, self._closed).start())
 
     def _request(self, reason: str) -> None:
         self.signals_seen += 1
@@ -126,7 +142,8 @@ class StopSignals:
 
     def watch_progress(self, stall_timeout_setting: float | str) -> None:
         """Under a multi-process launch, stop every rank when one stalls (see ProgressWatchdog) until this scope ends."""
-        ProgressWatchdog.start_if_wanted(stall_timeout_setting, self._closed)
+        thread = ProgressWatchdog.start_if_wanted(stall_timeout_setting, self._closed)
+        self._store_threads += [thread] if thread is not None else []
 
 
 class NodeHeartbeat:
@@ -153,8 +170,10 @@ class NodeHeartbeat:
         return under_launcher() and int(env.get("GROUP_WORLD_SIZE", "1")) > 1 and env.get("LOCAL_RANK") == "0" and \
             env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # fmt: skip
 
-    def start(self) -> None:
-        threading.Thread(target=self._run, name="superconverge-node-heartbeat", daemon=True).start()
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name="superconverge-node-heartbeat", daemon=True)
+        thread.start()
+        return thread
 
     def _run(self) -> None:
         from torch.distributed import TCPStore
@@ -313,11 +332,14 @@ class ProgressWatchdog:
         return under_launcher() and int(env.get("WORLD_SIZE", "1")) > 1 and env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
 
     @classmethod
-    def start_if_wanted(cls, stall_timeout_setting: float | str, closed: threading.Event) -> None:
+    def start_if_wanted(cls, stall_timeout_setting: float | str, closed: threading.Event) -> threading.Thread | None:
         PROGRESS.fixed = None if stall_timeout_setting == "auto" else float(stall_timeout_setting)
-        if cls.wanted():
-            interval = min(2.0, (PROGRESS.fixed or STALL_MINIMUM_SECONDS) / 5)
-            threading.Thread(target=cls(PROGRESS, closed, interval)._run, name="superconverge-progress-watch", daemon=True).start()
+        if not cls.wanted():
+            return None
+        interval = min(2.0, (PROGRESS.fixed or STALL_MINIMUM_SECONDS) / 5)
+        thread = threading.Thread(target=cls(PROGRESS, closed, interval)._run, name="superconverge-progress-watch", daemon=True)
+        thread.start()
+        return thread
 
     def _run(self) -> None:
         store, seen = None, {}
