@@ -61,14 +61,15 @@ def product_run(epochs: int, seed: int, cached_only: bool = False) -> dict | Non
         return None
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     done = record.is_file() and (run_dir / "summary.json").is_file()
-    return {"epochs": epochs, "seed": seed, "found": read_json(run_dir / "lr_finder.json"), "history": history,
+    pause = read_json(run_dir / "pause.json")["paused_seconds"] if (run_dir / "pause.json").is_file() else 0.0  # stopped by hand
+    return {"epochs": epochs, "seed": seed, "found": read_json(run_dir / "lr_finder.json"), "history": history, "paused": pause,
             "summary": read_json(run_dir / "summary.json") if done else None, **(read_json(record) if done else {})}  # fmt: skip
 
 
 def reached(run: dict) -> tuple[int | None, int | None, float | None]:
     """The first epoch whose test accuracy reaches the published figure, its optimizer step, and the seconds to it
     (range test + the epochs' training and evaluation, as the run's records time them)."""
-    seconds = run["found"]["seconds"]
+    seconds = run["found"]["seconds"] - run["paused"]  # a run paused by hand (pause.json, SIGSTOP): its pause left out
     for row in run["history"]:
         seconds += row["seconds"]
         if row["val_acc"] >= PUBLISHED_ACC:
@@ -153,12 +154,13 @@ def report(cycles: list[int], cached_only: bool = False) -> None:
             info = run["summary"]
             final = f"{100 * info['test_acc']:.2f}" if info else f"unfinished ({len(run['history'])} of {epochs} epochs)"
             cpu = f"{run['cpu_seconds']:.0f}" if info and run.get("cpu_seconds") is not None else "-"
-            wall = f"{run['wall_seconds']:.0f}" if info else "-"
+            wall = f"{run['wall_seconds'] - run['paused']:.0f}" if info else "-"
+            wall += f" (paused {run['paused']:.0f} s by hand, left out)" if info and run["paused"] else ""
             lines.append(f"| {epochs} epochs ({epochs * steps_per_epoch:,} steps) | {seed} | {run['found']['max_lr']:.3g} | "
                          f"{run['found']['seconds']:.1f} | {accs} | {where} | {f'{seconds:.0f}' if seconds else '-'} | {final} | "
                          f"{wall} | {cpu} |")  # fmt: skip
             if info:
-                totals.setdefault(epochs, []).append((info["test_acc"], step, seconds, run["wall_seconds"]))
+                totals.setdefault(epochs, []).append((info["test_acc"], step, seconds, run["wall_seconds"] - run["paused"]))
     lines += ["", "| cycle | seeds reaching 99.25 % | final test acc, mean (min-max) % | steps to 99.25 % against the published "
               "5,628 | command wall s, mean |", "|---|---|---|---|---|"]  # fmt: skip
     for epochs, rows in totals.items():
