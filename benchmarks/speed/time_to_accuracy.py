@@ -20,7 +20,7 @@ the seconds of the whole command on this machine:
 Per round, each budget's four systems run in turn (after (b)'s timing run), in the reverse order on odd rounds so the
 machine's drift hits them alike. Wall = the whole command's process tree from its start to the root process's exit
 (peers.measured, polled every 0.2 s). Run directories and logs go under benchmarks/results/tmp/time_to_accuracy (each run
-starts over), the raw records to records.json there.
+starts over), the raw records to <report name>.records.json there.
 
 Each system runs in the first interpreter that has its package: this one, then ``--peers-python``; a system that none
 has is skipped, with a note in the report. Lightning is not in the project's venv (the optional ``[peers]`` extra); an
@@ -33,9 +33,12 @@ environment for it that reuses the project venv's torch instead of downloading a
 
 Run from the repository root (about 4.5 B + 60 s per budget and round: ~35 min for 2 rounds at 30, 60 and 120 s)::
 
-    .venv/bin/python -m benchmarks.speed.time_to_accuracy --budgets 30 60 120 --rounds 2 --peers-python /work/peersenv/bin/python
+    .venv/bin/python -m benchmarks.speed.time_to_accuracy --budgets 30 60 120 --rounds 2 --max-epochs 30 \
+        --peers-python /work/peersenv/bin/python
     # writes benchmarks/results/time_to_accuracy.md
-    .venv/bin/python -m benchmarks.speed.time_to_accuracy --rebuild      # the report again from records.json, seconds
+    .venv/bin/python -m benchmarks.speed.time_to_accuracy --rebuild      # the report again from its records, seconds
+    .venv/bin/python -m benchmarks.speed.time_to_accuracy --budgets 60 --rounds 3 --systems product \
+        --out benchmarks/results/budget_60s.md                           # the product alone: its wall at one budget
 """
 
 from __future__ import annotations
@@ -138,9 +141,11 @@ def attempt(label: str, run, *args, **kwargs) -> dict:
     return result
 
 
-def one_budget(budget: float, round_index: int, ceiling: int, pythons: dict[str, str | None]) -> dict:
+def one_budget(budget: float, round_index: int, ceiling: int, pythons: dict[str, str | None], systems: list[str]) -> dict:
     base = WORK / f"r{round_index}-b{budget:g}"
-    timing = attempt(f"round {round_index} budget {budget:g}s timing", product, fresh(base / "timing"), ["trainer.epochs=1"])
+    timing = {"error": "not run (neither (b) nor (c) asked for)"}
+    if {"careful", "seed_loop"} & set(systems):
+        timing = attempt(f"round {round_index} budget {budget:g}s timing", product, fresh(base / "timing"), ["trainer.epochs=1"])
     n = None if "error" in timing else careful_epochs(budget, timing, ceiling)
     ceiling_override = [] if ceiling == EPOCHS else [f"trainer.epochs={ceiling}"]
     runs = {
@@ -151,7 +156,7 @@ def one_budget(budget: float, round_index: int, ceiling: int, pythons: dict[str,
     }
     order = SYSTEMS if round_index % 2 == 0 else tuple(reversed(SYSTEMS))
     results: dict = {"timing": timing, "n": n}
-    for system in order:
+    for system in (s for s in order if s in systems):
         if system in PEER_MODULES and pythons[system] is None:
             continue
         if system in ("careful", "seed_loop") and n is None:
@@ -272,11 +277,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--peers-python", help="an interpreter that has Lightning (and torch-lr-finder), if this one lacks them")
     parser.add_argument("--max-epochs", type=int, default=EPOCHS, help="the cycle's epoch ceiling for the product and N (default: 10)")
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="which systems to run (default: all)")
     parser.add_argument("--out", type=Path, default=RESULTS / "time_to_accuracy.md")
-    parser.add_argument("--rebuild", action="store_true", help="only the report, from the last run's records.json")
+    parser.add_argument("--rebuild", action="store_true", help="only the report, from the last run's records")
     args = parser.parse_args()
+    saved = WORK / f"{args.out.stem}.records.json"  # one per report
     if args.rebuild:
-        records = json.loads((WORK / "records.json").read_text())
+        records = json.loads(saved.read_text())
         args.out.write_text(report(records, max(len(r) for r in records.values()), args.max_epochs, []))
         print(args.out.read_text())
         return
@@ -289,8 +296,8 @@ def main() -> None:
     records: dict[str, list[dict]] = {f"{b:g}": [] for b in args.budgets}
     for round_index in range(args.rounds):
         for budget in args.budgets:
-            records[f"{budget:g}"].append(one_budget(budget, round_index, args.max_epochs, pythons))
-            (WORK / "records.json").write_text(json.dumps(records, indent=1))
+            records[f"{budget:g}"].append(one_budget(budget, round_index, args.max_epochs, pythons, args.systems))
+            saved.write_text(json.dumps(records, indent=1))
     text = report(records, args.rounds, args.max_epochs, skipped)
     args.out.write_text(text)
     print(text)
