@@ -96,11 +96,6 @@ class Race:
         entries = tuple(Entry.of(run_dir, saved["pick"], f, monitor) for f in factors)
         return cls(saved["pick"], saved["policy"], saved["monitor"], entries, None, saved.get("suggestions", {}))
 
-    def refresh(self, run_dir: Path, entry: Entry) -> Race:
-        """With ``entry`` as its folder says now."""
-        fresh = Entry.of(run_dir, self.pick, entry.factor, Metric(self.monitor))
-        return replace(self, entries=tuple(fresh if e.factor == entry.factor else e for e in self.entries))
-
     def decided(self) -> Race:
         """The winner: the best score among the candidates that did not diverge."""
         metric = Metric(self.monitor)
