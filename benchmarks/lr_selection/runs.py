@@ -12,6 +12,7 @@ import math
 import multiprocessing
 import shutil
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,11 +85,11 @@ def pretrain() -> None:
     torch.save(load_file(run_dir / "checkpoints" / "last" / "model.safetensors"), PRETRAINED)
 
 
-def run_all(jobs: list[Job]) -> dict[Job, dict]:
+def run_all(jobs: list[Job], work: Callable[[Job], tuple[Job, dict]] = execute) -> dict[Job, dict]:
     # Two single-threaded workers: both cores busy, no oversubscription.
     with multiprocessing.get_context("spawn").Pool(2, maxtasksperchild=20) as pool:
         results = {}
-        for count, (job, result) in enumerate(pool.imap_unordered(execute, jobs), 1):
+        for count, (job, result) in enumerate(pool.imap_unordered(work, jobs), 1):
             results[job] = result
             if count % 20 == 0 or count == len(jobs):
                 print(f"  {count}/{len(jobs)} runs", flush=True)
