@@ -113,9 +113,12 @@ def test_a_resume_applies_only_changes_that_leave_the_checkpoint_valid():
     from superconverge.config import resume_changes
 
     saved = load_config(ROOT / "configs" / "digits.yaml").model_dump(mode="json")
-    changed = load_config(ROOT / "configs" / "digits.yaml", ["data.mirror=http://mirror", "console.mode=plain", "schedule.max_lr=0.1"])
+    watches = ["trainer.stall_timeout=30", "trainer.heartbeat_timeout_seconds=60"]  # how long to wait on a peer: no effect on the run
+    overrides = ["data.mirror=http://mirror", "console.mode=plain", "schedule.max_lr=0.1", *watches]
+    changed = load_config(ROOT / "configs" / "digits.yaml", overrides)
     applied, refused = resume_changes(saved, changed)
-    assert set(applied) == {"data.mirror", "console.mode"} and set(refused) == {"schedule.max_lr"}
+    assert set(applied) == {"data.mirror", "console.mode", "trainer.stall_timeout", "trainer.heartbeat_timeout_seconds"}
+    assert set(refused) == {"schedule.max_lr"}
 
 
 def test_a_checkpoint_from_before_an_lr_finder_default_changed_still_resumes():

@@ -407,7 +407,7 @@ RESUMABLE_KEYS = MOOT_ON_RESUME + LAYOUT_KEYS + (
     "output_dir", "console.", "tracking.", "data.num_workers", "data.mirror", "model.weights_mirror", "trainer.resume",
     "trainer.stop_after_epochs",
     "trainer.stop_after_steps", "trainer.checkpoint_every_steps", "trainer.preemption_check_steps",
-    "trainer.collective_timeout_minutes", "trainer.orphan_grace_seconds", "trainer.heartbeat_timeout_seconds" "trainer.stall_timeout",
+    "trainer.collective_timeout_minutes", "trainer.orphan_grace_seconds", "trainer.heartbeat_timeout_seconds", "trainer.stall_timeout",
     "trainer.compile", "trainer.compile_mode",
     "trainer.channels_last", "trainer.deterministic",
 )  # fmt: skip

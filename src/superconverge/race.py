@@ -8,6 +8,9 @@ own directory (``candidates/x2.5``) with its own checkpoints. The candidate with
 validation metric is the run's result: nothing is retrained, its files are copied to the run
 directory and its checkpoints linked there. A stopped race resumes the candidate it was in (as a
 run resumes) and skips the finished ones; a candidate whose loss turns NaN loses and the race goes on.
+
+``lr_finder.race_run`` splits the race over jobs (slurm/race.sh): the range test, then one candidate per SLURM
+array task, then the decision. Each candidate's state is its own folder's summary, so any job may run any of them.
 """
 
 from __future__ import annotations
@@ -22,12 +25,19 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from superconverge import jsonfile
+from superconverge.batches import BatchLayout
 from superconverge.checkpoint import CHECKPOINTS_DIR
-from superconverge.config import Config
-from superconverge.lr_finder import MaxLRChoice
+from superconverge.config import Config, ConfigError
+from superconverge.console import RunConsole
+from superconverge.errors import ExitCode, say
+from superconverge.lr_finder import MaxLRChoice, find_max_lr
 from superconverge.records import EpochRecord, Metric, RunSummary, StopReason
+from superconverge.run_dir import RunDir
+from superconverge.signals import StopSignals
+from superconverge.startup import batch_layout, exit_code, find_resume_point, make_accelerator, resumed_choice, run_facts, stop_if_requested
 from superconverge.task import Task
-from superconverge.tracking import start_tracking
+from superconverge.tracking import Tracking, start_tracking, wants_wandb
+from superconverge.trainer import RunContext, Trainer, TrainingDiverged, prepare_model
 
 RACE_FILE = "lr_race.json"
 RACE_PNG = "lr_race.png"
@@ -190,3 +200,113 @@ def track(cfg: Config, accelerator: Accelerator, run_dir: Path, race: Race) -> N
     scores = {f"lr_race/{candidate_name(e.factor)}": e.score for e in race.entries}
     tracking.summarize({**{k: summary.get(k) for k in RunSummary.WANDB_KEYS}, **scores, "lr_race/winner": race.winner,
                         "lr_race/pick": race.pick})  # fmt: skip
+
+
+def candidate_trainer(cfg: Config, accelerator: Accelerator, task: Task, console: RunConsole, stop: StopSignals) -> Trainer:
+    """A race's candidate (race.candidate_config): a run at a fixed max_lr in its own directory, resumed as any run is;
+    its progress shows on the race's console, without trackers."""
+    run_dir = RunDir.open(cfg, accelerator)
+    model = prepare_model(cfg, accelerator, task.model)
+    resume_from, resume_state = find_resume_point(cfg, task.model)
+    layout = batch_layout(cfg, accelerator, resume_state)
+    run_dir.record_config(cfg)
+    choice = resumed_choice(resume_state) or MaxLRChoice(float(cfg.schedule.max_lr), "race")
+    resume = (resume_from, resume_state) if resume_from is not None else None
+    context = RunContext(cfg, accelerator, run_dir, console, Tracking("disabled"), stop, layout)
+    return Trainer(context, task, model, choice, resume)
+
+
+def run_race(cfg: Config, task: Task, stop: StopSignals) -> int:
+    """lr_finder.race (race.py): the range test once, then every candidate not yet finished as a run of its own; the best
+    one on the validation split becomes the run. ``lr_finder.race_run`` does one part of that only."""
+    if task.data.val is None:
+        raise ConfigError("lr_finder.race judges the candidates on a validation split: set data.val_fraction above 0")
+    checkpoints = Path(cfg.output_dir) / CHECKPOINTS_DIR
+    if checkpoints.is_dir() and not checkpoints.is_symlink() and any(checkpoints.iterdir()):
+        raise ConfigError(f"lr_finder.race: output_dir {cfg.output_dir} holds another run's checkpoints; give the race an "
+                          "output_dir of its own")  # fmt: skip
+    pristine = fresh_task(task)  # untrained: every candidate starts from these weights
+    only = race_candidate(cfg)
+    accelerator = make_accelerator(cfg)
+    console = RunConsole(cfg.console, accelerator.is_main_process, cfg.trainer.epochs)
+    if only is not None:  # another job (e.g. a SLURM array task) may run a candidate beside this one: no lock on the race
+        race = Race.read(Path(cfg.output_dir), cfg.lr_finder.race_factors)
+        if race is None:
+            raise ConfigError(f"lr_finder.race_run: {Path(cfg.output_dir) / RACE_FILE} does not exist yet; run the race's "
+                              "range test first (lr_finder.race_run=range_test; slurm/race.sh does)")  # fmt: skip
+        code = run_candidates(cfg, race, [race.entries[only]], accelerator, pristine, console, stop)
+        accelerator.end_training()
+        return code
+    run_dir = RunDir.open(cfg, accelerator)
+    run_dir.record_config(cfg)
+    if wants_wandb(cfg) or cfg.tracking.tensorboard:
+        say("lr_finder.race: W&B and TensorBoard get the winner's epochs and every candidate's score once the race is decided")
+    race = Race.read(run_dir.path, cfg.lr_finder.race_factors) or start_race(cfg, task, accelerator, run_dir, console, stop)
+    code = ExitCode.DONE
+    if cfg.lr_finder.race_run == "all":
+        code = run_candidates(cfg, race, list(race.entries), accelerator, pristine, console, stop)
+    accelerator.wait_for_everyone()
+    race = Race.read(run_dir.path, cfg.lr_finder.race_factors)  # each candidate as its folder says now
+    if code == ExitCode.DONE and cfg.lr_finder.race_run == "all":
+        race = race.decided()
+        crown(run_dir.path, race, accelerator)
+        track(cfg, accelerator, run_dir.path, race)
+        console.line(f"race: {candidate_name(race.winner)} won (max_lr {race.pick * race.winner:.4g}); its run is this run: "
+                     f"{run_dir.path}/summary.json, checkpoints -> {CANDIDATES_DIR}/{candidate_name(race.winner)}")  # fmt: skip
+    if accelerator.is_main_process:
+        race.write(run_dir.path / RACE_FILE)
+    run_dir.close()
+    accelerator.end_training()
+    return code
+
+
+def race_candidate(cfg: Config) -> int | None:
+    """The one candidate lr_finder.race_run names (its index in race_factors), or None."""
+    run, count = cfg.lr_finder.race_run, len(cfg.lr_finder.race_factors)
+    if run == "array":
+        if "SLURM_ARRAY_TASK_ID" not in os.environ:
+            raise ConfigError("lr_finder.race_run=array: not a SLURM array task (SLURM_ARRAY_TASK_ID is not set)")
+        run = int(os.environ["SLURM_ARRAY_TASK_ID"])
+    if isinstance(run, str):
+        return None
+    if run >= count:
+        raise ConfigError(f"lr_finder.race_run=array: SLURM_ARRAY_TASK_ID {run} names no candidate: the race has {count} "
+                          f"(submit --array=0-{count - 1})")  # fmt: skip
+    return run
+
+
+def start_race(cfg: Config, task: Task, accelerator: Accelerator, run_dir: RunDir, console: RunConsole, stop: StopSignals) -> Race:
+    """The range test, once for every candidate; ``lr_race.json`` keeps its pick for the candidates' jobs and reruns."""
+    console.banner(run_facts(cfg, accelerator, BatchLayout.configured(cfg, accelerator.num_processes), task, Tracking("disabled")))
+    choice = find_max_lr(cfg, accelerator, task, prepare_model(cfg, accelerator, task.model), console)
+    stop_if_requested(stop, accelerator, run_dir, "the LR range test")
+    race = Race.start(run_dir.path, choice, cfg.lr_finder.race_factors, task.monitor)
+    if accelerator.is_main_process:
+        race.write(run_dir.path / RACE_FILE)
+    return race
+
+
+def run_candidates(cfg: Config, race: Race, entries: list, accelerator: Accelerator, pristine: Task, console: RunConsole,
+                   stop: StopSignals) -> int:  # fmt: skip
+    """Each unfinished candidate of ``entries`` trained whole, in turn; a stop inside one (or between two) ends here."""
+    root = Path(cfg.output_dir)
+    for entry in entries:
+        if entry.finished:
+            continue
+        number = race.entries.index(entry) + 1
+        console.line(f"race: candidate {number} of {len(race.entries)}, max_lr {entry.max_lr:.4g} ({candidate_name(entry.factor)} "
+                     f"the pick {race.pick:.4g}) in {root / entry.folder}")  # fmt: skip
+        accelerator.free_memory()  # no earlier model or optimizer in this candidate's checkpoints
+        trainer = candidate_trainer(candidate_config(cfg, root, entry), accelerator, fresh_task(pristine), console, stop)
+        try:
+            summary = trainer.fit()
+        except TrainingDiverged as exc:  # its summary says so: it loses, the race goes on
+            console.line(f"race: {candidate_name(entry.factor)} lost: {exc}")
+            summary = None
+        trainer.close(end=False)
+        if summary is not None and summary.stop_reason not in (StopReason.COMPLETED, StopReason.EARLY_STOP):
+            return exit_code(summary, stop)  # stopped inside this candidate: the same command continues it
+        if stop.agreed(accelerator):  # asked to stop during a candidate that then finished: before the next one
+            say(f"stopped on {stop.reason} after the race's candidate {number}; the same command continues the race")
+            return stop.exit_code
+    return ExitCode.DONE

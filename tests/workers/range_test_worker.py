@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 from reporting import check_world, write_report
 
-from superconverge.cli import make_accelerator, prepare_inputs
+from superconverge.cli import prepare_inputs
 from superconverge.console import RunConsole
 from superconverge.lr_finder import find_max_lr
 from superconverge.schedule import build_optimizer
+from superconverge.startup import make_accelerator
 from superconverge.trainer import prepare_model
 
 

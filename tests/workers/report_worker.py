@@ -10,8 +10,9 @@ import torch
 from accelerate.utils import is_compiled_module
 from reporting import check_world, write_report
 
-from superconverge.cli import build_trainer, start_run
+from superconverge.cli import start_run
 from superconverge.signals import StopSignals
+from superconverge.startup import build_trainer
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import superconverge.cli as cli
+import superconverge.startup as startup
 from superconverge.signals import StopSignals
 
 stage = {"now": "range_test"}
@@ -38,14 +39,14 @@ def prepare_and_watch(cfg, accelerator, model):
     return prepared
 
 
-prepare_model, cli.prepare_model = cli.prepare_model, prepare_and_watch
+prepare_model, startup.prepare_model = startup.prepare_model, prepare_and_watch
 
 
 def main() -> None:
     expected, report_dir, argv = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
     register_optimizer_step_pre_hook(record_lrs)
     with StopSignals() as stop:
-        trainer = cli.build_trainer(*cli.start_run(argv, stop), stop)
+        trainer = startup.build_trainer(*cli.start_run(argv, stop), stop)
         accelerator = trainer.accelerator
         check_world(accelerator, expected)
         groups = [{"weight_decay": g["weight_decay"], "lr_scale": g["lr_scale"], "params": len(g["params"])}
