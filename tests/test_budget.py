@@ -80,18 +80,17 @@ def test_a_replan_keeps_a_plan_that_still_fits_and_resizes_one_that_does_not():
     plan = make_plan(100.0, 10.0, Costs(step=0.1, per_epoch=1.0, end=2.0), batches_per_epoch=50, max_epochs=100).record()
     assert plan["steps"] == 730
     # After 2 epochs (12 s) at 22 s used, the costs as planned: 76 s left pay for the 630 steps left (63 + 13 s).
-    assert replan(plan, 22.0, Costs(0.1, 1.0, 2.0), 100, 50, 100) is None
+    assert replan(100.0, 730, 22.0, Costs(0.1, 1.0, 2.0), 100, 50, 100) is None
     # Within the tolerance: the end moves by less than 1 % of the budget.
-    assert replan(plan, 22.0 + REPLAN_TOLERANCE * 100 * 0.9, Costs(0.1, 1.0, 2.0), 100, 50, 100) is None
+    assert replan(100.0, 730, 22.0 + REPLAN_TOLERANCE * 100 * 0.9, Costs(0.1, 1.0, 2.0), 100, 50, 100) is None
     # Twice as slow: an epoch costs 10 + 1 s; 76 s pay for 6 epochs (66 s), then (10 - 1) / 0.2 = 45 steps.
-    slower = replan(plan, 22.0, Costs(0.2, 1.0, 2.0), 100, 50, 100)
+    slower = replan(100.0, 730, 22.0, Costs(0.2, 1.0, 2.0), 100, 50, 100)
     assert slower.steps == 100 + 6 * 50 + 45 and slower.at_step == 100 and slower.spent_seconds == 22.0
     # Faster, up to the epochs' ceiling.
-    faster = replan(plan, 22.0, Costs(0.01, 1.0, 2.0), 100, 50, max_epochs=20)
+    faster = replan(100.0, 730, 22.0, Costs(0.01, 1.0, 2.0), 100, 50, max_epochs=20)
     assert faster.steps == 20 * 50
-    # A later re-plan compares with the last one's steps.
-    again = {**plan, "replans": [slower.record()]}
-    assert replan(again, 22.0, Costs(0.2, 1.0, 2.0), 100, 50, 100) is None
+    # A later re-plan compares with the cycle as the last one left it.
+    assert replan(100.0, slower.steps, 22.0, Costs(0.2, 1.0, 2.0), 100, 50, 100) is None
 
 
 def cycle(total: int, resize_at: int | None = None, new_total: int | None = None, state: dict | None = None) -> list[float]:

@@ -199,10 +199,9 @@ def plan_now(spec: str, costs: Costs, batches_per_epoch: int, max_epochs: int) -
     return make_plan(end - start, now - start, costs, batches_per_epoch, max_epochs)
 
 
-def replan(plan: dict, used: float, costs: Costs, done: int, batches_per_epoch: int, max_epochs: int) -> BudgetPlan | None:
-    """The cycle re-sized at an epoch boundary (after ``done`` optimizer steps, ``used`` seconds of the budget) to the
-    costs measured so far; None while the current plan ends within REPLAN_TOLERANCE of the budget."""
-    budget, total = plan["budget_seconds"], (plan.get("replans") or [plan])[-1]["steps"]
+def replan(budget: float, total: int, used: float, costs: Costs, done: int, batches_per_epoch: int, max_epochs: int) -> BudgetPlan | None:
+    """The cycle of ``total`` steps re-sized at an epoch boundary (after ``done`` optimizer steps, ``used`` seconds of the
+    budget) to the costs measured so far; None while it ends within REPLAN_TOLERANCE of the budget."""
     left = budget - used - costs.end
     if abs(cycle_seconds(total - done, costs, batches_per_epoch) - left) <= REPLAN_TOLERANCE * budget:
         return None

@@ -468,8 +468,8 @@ class Trainer:
         if data.val is not None and data.test is not None:
             end = clock.val_seconds * len(data.test) / len(data.val) + END_MARGIN_SECONDS
         costs = Costs(train / steps, time.perf_counter() - clock.epoch_began - train, end)
-        return replan(state.budget, self._used_seconds(), costs, state.optimizer_steps, self.plan.batches_per_epoch,
-                      self.cfg.trainer.epochs)  # fmt: skip
+        return replan(state.budget["budget_seconds"], state.total_steps, self._used_seconds(), costs, state.optimizer_steps,
+                      self.plan.batches_per_epoch, self.cfg.trainer.epochs)  # fmt: skip
 
     def _used_seconds(self) -> float:
         """The budget's time used: this command's, from its start (its launcher's), and earlier invocations' (from their
