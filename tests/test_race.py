@@ -9,10 +9,12 @@ import time
 
 import psutil
 import pytest
-from conftest import DIGITS, ROOT, assert_same_run, launch_command, run, summary
+from conftest import DIGITS, ROOT, assert_same_run, launch_command, lr_trace, run, summary
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from superconverge.config import ConfigError, load_config
+from superconverge.errors import ExitCode
+from superconverge.run_dir import RunLock
 
 # Small batches: a candidate lasts long enough (about 2 s) for a kill to land inside it.
 RACE = [
@@ -89,6 +91,50 @@ def test_a_race_killed_in_its_second_candidate_resumes_it_to_the_same_winner(uni
     assert ours["winner"] == theirs["winner"] and ours["pick"] == theirs["pick"]
     assert [(e["score"], e["test_acc"]) for e in ours["entries"]] == [(e["score"], e["test_acc"]) for e in theirs["entries"]]
     assert_same_run(uninterrupted, run_dir)
+
+
+def test_a_race_stopped_by_ctrl_c_continues_on_another_process_count(uninterrupted, tmp_path):
+    """Ctrl-C in the second candidate (2 processes) stops it with a checkpoint and exit 130; the same command on 1 process
+    continues the candidate to the same LR trace and decides the race."""
+    run_dir = tmp_path / "run"
+    with (tmp_path / "stderr.txt").open("w") as err:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+        launcher = subprocess.Popen(launch_command(2) + race_args(run_dir), cwd=ROOT, start_new_session=True, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+        try:
+            second = run_dir / "candidates" / "x3" / "metrics.jsonl"
+            deadline = time.monotonic() + 180
+            while not (second.is_file() and second.read_text().strip()):
+                assert launcher.poll() is None and time.monotonic() < deadline, "the race never reached its second candidate's epoch"
+                time.sleep(0.05)
+            os.killpg(launcher.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the launcher's whole process group
+            code = launcher.wait(timeout=120)
+        finally:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
+    said = (tmp_path / "stderr.txt").read_text()
+    assert code == ExitCode.INTERRUPTED and "stopped on SIGINT" in said, said[-4000:]
+    assert summary(run_dir / "candidates" / "x3")["stop_reason"] == "preempted" and not (run_dir / "summary.json").exists()
+    run(race_args(run_dir), nproc=1)
+    resumed, whole = summary(run_dir / "candidates" / "x3"), summary(uninterrupted / "candidates" / "x3")
+    assert resumed["times_resumed"] == 1 and resumed["world_size"] == 1 and resumed["stop_reason"] == "completed"
+    assert lr_trace(run_dir / "candidates" / "x3") == lr_trace(uninterrupted / "candidates" / "x3")
+    assert resumed["optimizer_steps"] == whole["optimizer_steps"] and resumed["final_lr"] == whole["final_lr"]
+    race = race_record(run_dir)
+    assert race["pick"] == race_record(uninterrupted)["pick"] and [e["stop_reason"] for e in race["entries"]] == ["completed"] * 2
+    assert summary(run_dir)["lr_race"]["winner"] == race["winner"]
+
+
+def test_a_race_in_a_directory_another_run_holds_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = RunLock(run_dir)  # as a running race (or run) holds it
+    try:
+        proc = run(race_args(run_dir), check=False)
+    finally:
+        lock.release()
+    assert proc.returncode == ExitCode.BAD_INPUT, proc.stderr[-3000:]
+    assert f"output_dir {run_dir} is in use by another run (pid {os.getpid()})" in proc.stderr and not (run_dir / "lr_race.json").exists()
 
 
 def test_a_diverging_candidate_loses_and_the_race_goes_on(tmp_path):
