@@ -4,7 +4,8 @@ repository's root call the same functions).
 
 Everything that can be wrong with the user's input is checked on every rank before the
 process group forms, so a bad key fails every rank at once instead of leaving one in a barrier.
-The checkpoint to resume is read once the run directory is locked, again on every rank alike.
+The stages after that (run directory, resume point, range test, prepared objects) are startup.py's;
+a race's (lr_finder.race) are race.py's.
 """
 
 from __future__ import annotations
