@@ -33,10 +33,11 @@ import sys
 import time
 
 from benchmarks.common import RESULTS, machine_header, read_json
-from benchmarks.lr_selection.choosers import interpolated
+from benchmarks.lr_selection.choosers import halves, interpolated
 from benchmarks.lr_selection.lr_tasks import TASKS, Task
-from benchmarks.lr_selection.runs import Job, execute, grid_means, load_records, pretrain, run_all, seeds
+from benchmarks.lr_selection.runs import TASK, Job, execute, grid_means, load_records, pretrain, run_all, seeds
 from superconverge.config import LRFinderConfig
+from superconverge.race import Entry, Race
 
 RACED = (0.4, 1.0, 1.6, 2.5, 6.0, 10.0)
 DEFAULT_FACTORS = tuple(LRFinderConfig().race_factors)
@@ -77,10 +78,16 @@ def record(job: Job) -> dict:
 
 
 def winner(race: dict, factors: tuple[float, ...]) -> dict:
-    """As race.Race.decided: the best monitored score among the candidates that did not diverge (the first on a tie)."""
-    scored = [c for c in race["candidates"] if c["factor"] in factors and c["stop_reason"] != "diverged" and c["score"] is not None]
-    sign = 1 if race["monitor"] == "val_acc" else -1
-    return max(scored, key=lambda c: (sign * c["score"], -c["factor"]))
+    """The product's own decision (race.Race.decided) among the race's candidates at ``factors``."""
+    kept = [c for c in race["candidates"] if c["factor"] in factors]
+    entries = tuple(Entry(c["factor"], c["max_lr"], "", c["stop_reason"], c["score"]) for c in kept)
+    decided = Race(race["pick"], "", race["monitor"], entries).decided()
+    return next(c for c in kept if c["factor"] == decided.winner)
+
+
+def pool(race: dict, factors: tuple[float, ...]) -> list[dict]:
+    """The race's candidates at ``factors`` that did not diverge."""
+    return [c for c in race["candidates"] if c["factor"] in factors and c["stop_reason"] != "diverged"]
 
 
 def test_score(task: Task, candidate: dict) -> float:
@@ -94,8 +101,7 @@ def scores(records: list[dict], grids: dict[str, dict[float, float]], factors: t
     for task in TASKS:
         means, values = grids[task.name], []
         for race in (r for r in records if r["task"] == task.name):
-            pool = [c for c in race["candidates"] if c["factor"] in factors and c["stop_reason"] != "diverged"]
-            chosen = max(pool, key=lambda c: test_score(task, c)) if perfect else winner(race, factors)
+            chosen = max(pool(race, factors), key=lambda c: test_score(task, c)) if perfect else winner(race, factors)
             values.append(test_score(task, chosen) if own else interpolated(means, chosen["max_lr"]))
         out[task.name] = 100 * (max(means.values()) - statistics.mean(values))
     return out
@@ -103,21 +109,11 @@ def scores(records: list[dict], grids: dict[str, dict[float, float]], factors: t
 
 def judged_right(records: list[dict], factors: tuple[float, ...]) -> tuple[int, int]:
     """(races whose validation winner also tested best among the candidates, races)."""
-    tasks = {t.name: t for t in TASKS}
     right = 0
     for r in records:
-        pool = [c for c in r["candidates"] if c["factor"] in factors and c["stop_reason"] != "diverged"]
-        best = max(test_score(tasks[r["task"]], c) for c in pool)
-        right += test_score(tasks[r["task"]], winner(r, factors)) == best
+        best = max(test_score(TASK[r["task"]], c) for c in pool(r, factors))
+        right += test_score(TASK[r["task"]], winner(r, factors)) == best
     return right, len(records)
-
-
-def halves(values: dict[str, float]) -> list[float]:
-    cells = []
-    for half in ("tune", "held_out"):
-        part = [values[t.name] for t in TASKS if t.half == half]
-        cells += [max(part), statistics.mean(part)]
-    return cells
 
 
 def cells(values: dict[str, float]) -> str:
