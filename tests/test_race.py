@@ -35,6 +35,15 @@ def race_record(run_dir) -> dict:
     return json.loads((run_dir / "lr_race.json").read_text())
 
 
+def wait_for_second_candidate(run_dir, launcher) -> None:
+    """Until the race's second candidate (x3) has logged an epoch: a stop then lands inside it."""
+    second = run_dir / "candidates" / "x3" / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while not (second.is_file() and second.read_text().strip()):
+        assert launcher.poll() is None and time.monotonic() < deadline, "the race never reached its second candidate's epoch"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("race") / "run"
@@ -75,11 +84,7 @@ def test_a_race_killed_in_its_second_candidate_resumes_it_to_the_same_winner(uni
     launcher = subprocess.Popen(launch_command(2) + race_args(run_dir), cwd=ROOT, start_new_session=True,
                                 env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    second = run_dir / "candidates" / "x3" / "metrics.jsonl"
-    deadline = time.monotonic() + 180
-    while not (second.is_file() and second.read_text().strip()):
-        assert launcher.poll() is None and time.monotonic() < deadline, "the race never reached its second candidate's epoch"
-        time.sleep(0.05)
+    wait_for_second_candidate(run_dir, launcher)
     for process in [psutil.Process(launcher.pid), *psutil.Process(launcher.pid).children(recursive=True)]:
         process.send_signal(signal.SIGKILL)  # every process at once (torchelastic's ranks have process groups of their own)
     launcher.wait()
@@ -102,11 +107,7 @@ def test_a_race_stopped_by_ctrl_c_continues_on_another_process_count(uninterrupt
         launcher = subprocess.Popen(launch_command(2) + race_args(run_dir), cwd=ROOT, start_new_session=True, env=env,
                                     stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
         try:
-            second = run_dir / "candidates" / "x3" / "metrics.jsonl"
-            deadline = time.monotonic() + 180
-            while not (second.is_file() and second.read_text().strip()):
-                assert launcher.poll() is None and time.monotonic() < deadline, "the race never reached its second candidate's epoch"
-                time.sleep(0.05)
+            wait_for_second_candidate(run_dir, launcher)
             os.killpg(launcher.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the launcher's whole process group
             code = launcher.wait(timeout=120)
         finally:
